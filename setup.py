@@ -1,0 +1,34 @@
+"""ssd-towers: SSD object detection training on TensorFlow 2.x graph mode with TF-Slim towers."""
+
+from setuptools import setup
+
+# Top-level scripts are installed as modules so the console entry points below can
+# import them; each entry point is the same program as `python <script>.py`.
+SCRIPTS = {
+    "tf_convert_data": "tf_convert_data:main",
+}
+
+setup(
+    name="ssd-towers",
+    version="0.1.0",
+    description="SSD object-detection trainer for TensorFlow 2.x graph mode (tf.compat.v1 + tf_slim), multi-GPU towers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["datasets", "nets", "preprocessing", "deployment", "checkpoints"],
+    py_modules=["tf_compat", "package_guard", *SCRIPTS],
+    install_requires=[
+        # tf_compat.py patches tf-slim 1.1.0 for TensorFlow 2.21 exactly; other
+        # TensorFlow releases move the same internals elsewhere.
+        "tensorflow>=2.21,<2.22",
+        "tf-slim==1.1.0",
+        "tensorboard>=2.21,<2.22",
+        "numpy>=1.26,<3",
+        "pillow>=10",
+        "absl-py>=2.1",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100"],
+    },
+    entry_points={"console_scripts": [f"{name}={target}" for name, target in SCRIPTS.items()]},
+)

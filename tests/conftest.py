@@ -1,0 +1,39 @@
+"""Test-wide setup: quiet TensorFlow, graph mode, two logical CPU devices, shared-data paths."""
+
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tf_compat  # noqa: E402,F401  (applies the tf_slim fixes once for every test)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+BCCD_DIR = SHARED / "data" / "BCCD"
+VGG16_CKPT = SHARED / "weights" / "vgg_16_imagenet" / "vgg_16_imagenet_conv.ckpt"
+
+tf.compat.v1.disable_eager_execution()
+
+# Split the one CPU into two logical devices before the runtime starts, so that
+# num_clones=2 builds two real towers in the tests.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+
+@pytest.fixture
+def bccd_dir():
+    if not (BCCD_DIR / "Annotations").is_dir():
+        pytest.skip(f"shared BCCD dataset not found at {BCCD_DIR}")
+    return BCCD_DIR
+
+
+@pytest.fixture
+def vgg16_checkpoint():
+    if not pathlib.Path(str(VGG16_CKPT) + ".index").is_file():
+        pytest.skip(f"shared VGG-16 checkpoint not found at {VGG16_CKPT}")
+    return str(VGG16_CKPT)
