@@ -121,7 +121,8 @@ def evaluation_summary(result, coco=None, tag_prefix="eval", num_pr_thresholds=D
     for cls in result.per_class:
         if cls.has_ground_truth:
             data = pr_curve_data(cls.scores, cls.is_true_positive, cls.num_ground_truth, num_pr_thresholds)
-            summary.value.append(_pr_curve_value(f"{tag_prefix}/pr_curve/{tag_safe(cls.name)}", data, num_pr_thresholds))
+            name = f"{tag_prefix}/pr_curve/{tag_safe(cls.name)}"
+            summary.value.append(_pr_curve_value(name, data, num_pr_thresholds))
     return summary
 
 
@@ -216,7 +217,8 @@ def format_table(result, coco=None):
             row.append(_cell(coco.per_class_ap.get(cls.name, math.nan)))
         rows.append(row)
     defined = sum(cls.has_ground_truth for cls in result.per_class)
-    mean_row = [f"mAP ({defined} classes)", str(result.num_images), "", "", "", _cell(result.voc07_map), _cell(result.voc_area_map)]
+    mean_row = [f"mAP ({defined} classes)", str(result.num_images), "", "", ""]
+    mean_row += [_cell(result.voc07_map), _cell(result.voc_area_map)]
     if coco is not None:
         mean_row.append(_cell(coco.ap))
     widths = [max(len(r[i]) for r in [headers, *rows, mean_row]) for i in range(len(headers))]

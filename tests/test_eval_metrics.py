@@ -432,7 +432,8 @@ def pycocotools_stats_directly(images, num_classes):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    dataset = {"images": [], "annotations": [], "categories": [{"id": c, "name": str(c)} for c in range(1, num_classes + 1)]}
+    categories = [{"id": c, "name": str(c)} for c in range(1, num_classes + 1)]
+    dataset = {"images": [], "annotations": [], "categories": categories}
     results = []
     for image_id, image in enumerate(images, start=1):
         dataset["images"].append({"id": image_id})
@@ -504,7 +505,8 @@ def reference_pr_counts(cls, thresholds):
         above = cls.scores >= t
         tp = int(np.sum(above & cls.is_true_positive))
         fp = int(np.sum(above & ~cls.is_true_positive))
-        rows.append((tp, fp, 0, cls.num_ground_truth - tp, tp / (tp + fp) if tp + fp else 0.0, tp / cls.num_ground_truth))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        rows.append((tp, fp, 0, cls.num_ground_truth - tp, precision, tp / cls.num_ground_truth))
     return np.array(rows, np.float32).T
 
 
@@ -545,7 +547,27 @@ def test_summaries_read_back_from_the_event_file(tmp_path):
     metadata, data = curves["eval/pr_curve/white/pr_curves"]
     assert metadata.plugin_data.plugin_name == "pr_curves"
     assert metadata.plugin_data.content == b"\x10\x0b"  # PrCurvePluginData(num_thresholds=11)
-    np.testing.assert_allclose(data, reference_pr_counts(result.class_result("white"), np.linspace(0, 1, 11)), atol=1e-6)
+    expected = reference_pr_counts(result.class_result("white"), np.linspace(0, 1, 11))
+    np.testing.assert_allclose(data, expected, atol=1e-6)
+
+
+def test_pr_curve_counts_detections_scoring_at_or_above_each_threshold():
+    data = summaries.pr_curve_data(
+        [1.0, 0.5, 0.5, 0.2], [True, True, False, False], num_ground_truth=4, num_thresholds=3
+    )
+    np.testing.assert_allclose(
+        data,
+        [
+            [2, 2, 1],  # TP at thresholds 0, 0.5, 1
+            [2, 1, 0],  # FP
+            [0, 0, 0],  # TN: none for a detector
+            [2, 2, 3],  # FN
+            [0.5, 2 / 3, 1.0],  # precision
+            [0.5, 0.5, 0.25],  # recall
+        ],
+    )
+    empty = summaries.pr_curve_data([], [], num_ground_truth=2, num_thresholds=2)
+    np.testing.assert_allclose(empty, [[0, 0], [0, 0], [0, 0], [2, 2], [0, 0], [0, 0]])
 
 
 def test_pr_curve_proto_equals_tensorboards_raw_data_pb():
@@ -554,7 +576,8 @@ def test_pr_curve_proto_equals_tensorboards_raw_data_pb():
     cls = result.class_result("white")
     data = summaries.pr_curve_data(cls.scores, cls.is_true_positive, cls.num_ground_truth, 300)
     theirs = pr_summary.raw_data_pb("eval/pr_curve/white", *data, num_thresholds=300)
-    ours = [v for v in summaries.evaluation_summary(result, num_pr_thresholds=300).value if v.tag == theirs.value[0].tag]
+    ours = summaries.evaluation_summary(result, num_pr_thresholds=300).value
+    ours = [v for v in ours if v.tag == theirs.value[0].tag]
     assert ours and ours[0].SerializeToString() == theirs.value[0].SerializeToString()
 
 
