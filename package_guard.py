@@ -12,7 +12,7 @@ import os
 import sys
 
 PROJECT_ROOT = os.path.dirname(os.path.abspath(__file__))
-PROJECT_PACKAGES = ("datasets", "nets", "preprocessing", "deployment", "checkpoints")
+PROJECT_PACKAGES = ("datasets", "nets", "preprocessing", "deployment", "checkpoints", "evaluation")
 MARKER = "__ssd_towers__"
 
 

@@ -15,7 +15,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["datasets", "nets", "preprocessing", "deployment", "checkpoints"],
+    packages=["datasets", "nets", "preprocessing", "deployment", "checkpoints", "evaluation"],
     py_modules=["tf_compat", "package_guard", *SCRIPTS],
     install_requires=[
         # tf_compat.py patches tf-slim 1.1.0 for TensorFlow 2.21 exactly; other
@@ -26,6 +26,8 @@ setup(
         "numpy>=1.26,<3",
         "pillow>=10",
         "absl-py>=2.1",
+        # COCO AP@[.5:.95] and the small/medium/large breakdown, computed by the reference code itself.
+        "pycocotools>=2.0.7",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100"],
