@@ -72,7 +72,8 @@ def test_device_functions_local():
 def test_single_clone_has_no_scope_and_runs_on_cpu_without_gpu():
     config = DeploymentConfig(num_clones=1)
     assert config.clone_scope(0) == ""
-    assert config.clone_device(0) == "/device:CPU:0"
+    expected = "/device:GPU:0" if tf.config.list_physical_devices("GPU") else "/device:CPU:0"
+    assert config.clone_device(0) == expected
 
 
 def test_more_cpu_clones_than_logical_cpus_share_cpu0():
@@ -81,8 +82,10 @@ def test_more_cpu_clones_than_logical_cpus_share_cpu0():
 
 
 def test_more_clones_than_gpus_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"num_clones=2 but this machine has 0 GPU\(s\).*clone_on_cpu"):
-        DeploymentConfig(num_clones=2)
+    num_gpus = len(tf.config.list_physical_devices("GPU"))
+    too_many = max(num_gpus + 1, 2)
+    with pytest.raises(ValueError, match=rf"num_clones={too_many} but this machine has {num_gpus} GPU\(s\).*clone_on_cpu"):
+        DeploymentConfig(num_clones=too_many)
 
 
 def test_ps_settings_without_cluster_are_a_clear_error():
