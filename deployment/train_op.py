@@ -89,23 +89,27 @@ def clip_gradients_by_global_norm(grads_and_vars, clip_norm):
 
 
 def nan_guard(loss_terms, global_step):
-    """An op failing when any of ``loss_terms`` ({name: scalar}) is NaN or Inf.
+    """An op failing when any of ``loss_terms`` ({name: tensor}) is NaN or Inf.
 
-    The error names the term and the global step; :func:`make_train_step_fn` parses it.
+    One check over all terms, so the error lists every bad term (in ``loss_terms`` order)
+    with its value and the global step; :func:`describe_nan_guard_error` parses it.
     """
-    checks = []
     with tf1.name_scope("nan_guard"):
-        for name, value in loss_terms.items():
-            checks.append(
-                tf1.debugging.Assert(
-                    tf.reduce_all(tf.math.is_finite(value)),
-                    [f"{NAN_GUARD_MARKER}: loss term '{name}' is not finite at global step", global_step,
-                     "value:", value],
-                    summarize=8,
-                    name="check_" + re.sub(r"[^A-Za-z0-9_.\-/]", "_", name).replace("/", "_"),
-                )
-            )
-    return tf.group(*checks, name="nan_guard")
+        names = tf.constant(list(loss_terms), name="loss_term_names")
+        values = tf.stack(
+            [tf.reduce_sum(tf.cast(value, tf.float32)) for value in loss_terms.values()], name="loss_term_values"
+        )
+        finite = tf.math.is_finite(values)
+        bad = tf.logical_not(finite)
+        bad_names = tf.strings.reduce_join(tf.boolean_mask(names, bad), separator=", ")
+        check = tf1.debugging.Assert(
+            tf.reduce_all(finite),
+            [f"{NAN_GUARD_MARKER}: loss terms not finite at global step", global_step,
+             "terms:", bad_names, "values:", tf.boolean_mask(values, bad)],
+            summarize=max(len(loss_terms), 1),
+            name="check_loss_terms",
+        )
+    return check
 
 
 def _clone_loss_terms(clones, regularization_losses):
@@ -200,8 +204,8 @@ def build_train_op(
 
 
 _GUARD_PATTERN = re.compile(
-    re.escape(NAN_GUARD_MARKER) + r": loss term '([^']+)' is not finite at global step\]\s*\[(-?\d+)\]"
-    r"(?:\s*\[value:\]\s*\[([^\]]*)\])?"
+    re.escape(NAN_GUARD_MARKER) + r": loss terms not finite at global step\]\s*\[(-?\d+)\]"
+    r"\s*\[terms:\]\s*\[([^\]]*)\]\s*\[values:\]\s*\[([^\]]*)\]"
 )
 
 
@@ -210,10 +214,10 @@ def describe_nan_guard_error(error):
     match = _GUARD_PATTERN.search(str(error))
     if not match:
         return None
-    term, step, value = match.groups()
-    value_text = f" (value {value})" if value else ""
+    step, terms, values = match.groups()
+    terms = ", ".join(f"'{term}'" for term in terms.split(", "))
     return (
-        f"Training stopped: loss term '{term}' became NaN or Inf at global step {step}{value_text}. "
+        f"Training stopped: loss term {terms} became NaN or Inf at global step {step} (value {values}). "
         "The step was not applied; lower the learning rate, clip gradients (--clip_gradient_norm) "
         "or check the input data."
     )
@@ -222,8 +226,8 @@ def describe_nan_guard_error(error):
 def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_steps=None):
     """A ``train_step_fn`` for ``slim.learning.train`` with the NaN guard's stop and richer logs.
 
-    Runs ``train_op`` and ``global_step`` (plus ``tensors_to_log``, a {name: scalar}
-    dict such as loss terms and the learning rate, in the same ``session.run``) like
+    Runs ``train_op`` (with ``tensors_to_log``, a {name: scalar} dict such as loss terms
+    and the learning rate, in the same ``session.run``), then reads the global step, like
     ``slim.learning.train_step``. When the step should log (``slim.learning.train``'s
     ``log_every_n_steps``, or ``log_every_n_steps`` here), it logs one line: step, total
     loss, the logged tensors, images/s (with ``images_per_step`` = batch x clones) and
@@ -236,7 +240,7 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     def train_step_fn(session, train_op, global_step, train_step_kwargs):
         start = time.time()
         try:
-            fetched = session.run([train_op, global_step] + tensors)
+            fetched = session.run([train_op] + tensors)
         except tf.errors.InvalidArgumentError as error:
             message = describe_nan_guard_error(error)
             if message is None:
@@ -244,7 +248,9 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
             logging.error(message)
             raise NonFiniteLossError(message) from None
         elapsed = time.time() - start
-        total_loss, np_global_step = fetched[0], int(fetched[1])
+        total_loss, logged = fetched[0], fetched[1:]
+        # Read after the step: fetched with train_op, the step's value could be either side of its increment.
+        np_global_step = int(session.run(global_step))
         if log_every_n_steps:
             should_log = np_global_step % log_every_n_steps == 0
         elif "should_log" in train_step_kwargs:
@@ -253,7 +259,7 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
             should_log = False
         if should_log:
             parts = [f"global step {np_global_step}: loss = {total_loss:.4f}"]
-            parts += [f"{name} = {float(np.asarray(value)):.6g}" for name, value in zip(names, fetched[2:])]
+            parts += [f"{name} = {float(np.asarray(value)):.6g}" for name, value in zip(names, logged)]
             if images_per_step:
                 parts.append(f"{images_per_step / max(elapsed, 1e-9):.1f} images/s")
             parts.append(f"{elapsed:.3f} sec/step")
