@@ -24,6 +24,7 @@ import os
 from absl import logging
 import tensorflow as tf
 
+from deployment.scopes import in_scope, split_scopes
 from tf_compat import slim, tf1
 
 DEFAULT_CHECKPOINT_PATH = "ckpt/pre_trained"
@@ -83,19 +84,6 @@ class InitializationPlan:
         lines += [f"excluded {name}" for name in self.excluded]
         lines += [f"missing {name} (checkpoint {ckpt_name})" for name, ckpt_name in self.missing]
         return lines
-
-
-def _split_scopes(scopes):
-    if not scopes:
-        return []
-    if isinstance(scopes, str):
-        scopes = scopes.split(",")
-    return [scope.strip().rstrip("/") for scope in scopes if scope.strip()]
-
-
-def in_scope(name, scope):
-    """Whether op name ``name`` is ``scope`` itself or inside it (``conv1`` does not contain ``conv10``)."""
-    return name == scope or name.startswith(scope + "/")
 
 
 def _map_name(name, model_scope, checkpoint_model_scope, var_name_map_fn):
@@ -181,7 +169,7 @@ def plan_initialization(
     reader = tf.train.load_checkpoint(checkpoint)
     ckpt_shapes = reader.get_variable_to_shape_map()
     ckpt_dtypes = reader.get_variable_to_dtype_map()
-    exclusions = _split_scopes(checkpoint_exclude_scopes)
+    exclusions = split_scopes(checkpoint_exclude_scopes)
     if variables_to_restore is None:
         variables_to_restore = slim.get_model_variables()
 

@@ -64,7 +64,7 @@ def configure_learning_rate(
     num_clones=1,
     num_replicas=1,
 ):
-    """The learning rate at ``global_step``, a float32 scalar tensor named 'learning_rate'.
+    """The learning rate at ``global_step``: a float32 scalar named 'learning_rate_schedule/learning_rate'.
 
     Args:
       global_step: the global step tensor or variable.
@@ -121,7 +121,8 @@ def configure_learning_rate(
                 raise ValueError(f"warmup_start_factor must be in [0, 1], got {warmup_start_factor}")
             ramp = warmup_start_factor + (1.0 - warmup_start_factor) * step / float(warmup_steps)
             rate = rate * tf.minimum(ramp, 1.0)
-    return tf.identity(tf.cast(rate, tf.float32), name="learning_rate")
+        # Inside the schedule's scope, so the summary tag 'learning_rate' stays free.
+        return tf.identity(tf.cast(rate, tf.float32), name="learning_rate")
 
 
 def _piecewise(global_step, learning_rate, boundaries, values, decay_rate):

@@ -49,6 +49,7 @@ __all__ = [
     "DeployedModel",
     "DeploymentConfig",
     "PS_OPS",
+    "add_gradient_summaries",
     "create_clones",
     "deploy",
     "get_or_create_global_step",
@@ -484,7 +485,8 @@ def optimize_clones(clones, optimizer, regularization_losses=None, averaging_dev
     return total_loss, grads_and_vars
 
 
-def _add_gradients_summaries(grads_and_vars):
+def add_gradient_summaries(grads_and_vars):
+    """A histogram and the norm of each variable's gradient."""
     summaries = []
     for grad, var in grads_and_vars:
         values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
@@ -521,7 +523,7 @@ def deploy(config, model_fn, args=None, kwargs=None, optimizer=None, summarize_g
         )
         if optimizer is not None and clones_gradients:
             if summarize_gradients:
-                summaries |= set(_add_gradients_summaries(clones_gradients))
+                summaries |= set(add_gradient_summaries(clones_gradients))
             update_ops.append(optimizer.apply_gradients(clones_gradients, global_step=global_step))
             with tf.control_dependencies([tf.group(*update_ops)]):
                 train_op = tf.identity(total_loss, name="train_op")

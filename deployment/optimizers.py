@@ -11,8 +11,9 @@ learning-rate tensor as the Adam step, then applies the Adam step::
 The decay never passes through ``m`` and ``v`` (which an L2 loss term would).
 """
 
-from tf_compat import tf1
 import tensorflow as tf
+
+from tf_compat import tf1
 
 OPTIMIZER_NAMES = ("sgd", "momentum", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "ftrl")
 

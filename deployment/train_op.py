@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from deployment import model_deploy
-from deployment.checkpoint_init import in_scope
+from deployment.scopes import in_scope, split_scopes
 from tf_compat import slim, tf1
 
 NAN_GUARD_MARKER = "NaN/Inf guard"
@@ -47,14 +47,6 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because a loss term (or the gradient norm) became NaN or Inf."""
 
 
-def _split_scopes(scopes):
-    if not scopes:
-        return []
-    if isinstance(scopes, str):
-        scopes = scopes.split(",")
-    return [scope.strip().rstrip("/") for scope in scopes if scope.strip()]
-
-
 def get_variables_to_train(trainable_scopes=None):
     """Trainable variables under ``trainable_scopes`` (comma-separated or list); all if empty.
 
@@ -62,7 +54,7 @@ def get_variables_to_train(trainable_scopes=None):
     trainable variable is an error (a typo would otherwise freeze everything).
     """
     trainable = tf1.trainable_variables()
-    scopes = _split_scopes(trainable_scopes)
+    scopes = split_scopes(trainable_scopes)
     if not scopes:
         return trainable
     selected = []
@@ -81,7 +73,7 @@ def clip_gradients_by_global_norm(grads_and_vars, clip_norm):
     """Clips the gradients jointly to global norm ``clip_norm``; returns (grads_and_vars, norm before)."""
     grads = [g for g, _ in grads_and_vars]
     dense = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
-    norm = tf.linalg.global_norm(dense, name="gradient_global_norm")
+    norm = tf.linalg.global_norm(dense, name="clip_gradients/global_norm")
     if clip_norm is None or clip_norm <= 0:
         return grads_and_vars, norm
     clipped, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=norm, name="clip_by_global_norm")
@@ -178,7 +170,7 @@ def build_train_op(
         grads_and_vars, gradient_norm = clip_gradients_by_global_norm(grads_and_vars, clip_gradient_norm)
         tf1.summary.scalar("gradient_global_norm", gradient_norm)
         if summarize_gradients:
-            model_deploy._add_gradients_summaries(grads_and_vars)
+            model_deploy.add_gradient_summaries(grads_and_vars)
         guards = []
         loss_terms = {}
         if check_numerics:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deployment import checkpoint_init
+from deployment import scopes
 from deployment.checkpoint_init import get_init_fn, plan_initialization
 from tf_compat import slim, tf1
 
@@ -32,12 +32,6 @@ def save_checkpoint(directory, scope="vgg_16", num_classes=21, seed=0):
             values = {v.op.name: session.run(v) for v in tf1.global_variables()}
             prefix = saver.save(session, os.path.join(directory, "model.ckpt"), global_step=7)
     return prefix, values
-
-
-def variable_values():
-    with tf1.Session() as session:
-        session.run(tf1.global_variables_initializer())
-        return session, {v.op.name: session.run(v) for v in tf1.global_variables()}
 
 
 def test_scratch_without_checkpoint_path(tmp_path):
@@ -193,6 +187,8 @@ def test_checkpoint_model_scope_needs_model_scope(tmp_path):
             plan_initialization(None, prefix, checkpoint_model_scope="vgg_16")
 
 
-def test_in_scope():
-    assert checkpoint_init.in_scope("a/conv1/w", "a/conv1")
-    assert not checkpoint_init.in_scope("a/conv10/w", "a/conv1")
+def test_scope_helpers():
+    assert scopes.split_scopes(" a/b/, c ,") == ["a/b", "c"]
+    assert scopes.split_scopes(None) == []
+    assert scopes.in_scope("a/conv1/w", "a/conv1")
+    assert not scopes.in_scope("a/conv10/w", "a/conv1")

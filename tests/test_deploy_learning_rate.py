@@ -16,7 +16,7 @@ def evaluate(**kwargs):
     with tf.Graph().as_default():
         step = tf1.placeholder(tf.int64, [])
         rate = lr_lib.configure_learning_rate(step, **kwargs)
-        assert rate.dtype == tf.float32 and rate.op.name == "learning_rate"
+        assert rate.dtype == tf.float32 and rate.op.name == "learning_rate_schedule/learning_rate"
         with tf1.Session() as session:
             return np.array([session.run(rate, {step: s}) for s in STEPS])
 

@@ -1,7 +1,6 @@
 """build_train_op: trainable scopes, clipping, EMA in the checkpoint, the NaN guard under slim.learning.train."""
 
 import logging
-import os
 
 import numpy as np
 import pytest
@@ -170,3 +169,46 @@ def test_train_step_fn_logs_tensors_and_images_per_second(tmp_path, caplog):
 
 def test_describe_nan_guard_error_ignores_other_errors():
     assert train_op_lib.describe_nan_guard_error(ValueError("something else")) is None
+
+
+def _train_toy(train_dir, pretrained, number_of_steps):
+    """One slim.learning.train run the way train_ssd_network.py wires it: 2 clones, init_fn, EMA, frozen conv1."""
+    from deployment.checkpoint_init import get_init_fn
+
+    with tf.Graph().as_default():
+        _, global_step, train = build(num_clones=2, trainable_scopes="net/head", moving_average_decay=0.99)
+        init_fn, plan = get_init_fn(train_dir, pretrained, checkpoint_model_scope="pre", model_scope="net",
+                                    return_plan=True)
+        slim.learning.train(
+            train.train_tensor, train_dir, number_of_steps=number_of_steps, init_fn=init_fn,
+            session_config=session_config(), train_step_fn=make_train_step_fn(),
+            saver=tf1.train.Saver(max_to_keep=2, write_version=tf1.train.SaverDef.V2),
+            save_summaries_secs=0, save_interval_secs=0,
+        )
+    return plan
+
+
+def test_slim_learning_train_restores_pretrained_then_resumes(tmp_path):
+    pretrained_dir = tmp_path / "pre"
+    with tf.Graph().as_default():
+        with tf1.variable_scope("pre"):
+            net = slim.conv2d(tf.zeros([1, 6, 6, 3]), 4, [3, 3], scope="conv1")
+            slim.conv2d(net, 2, [3, 3], scope="head")
+        with tf1.Session() as session:
+            session.run(tf1.global_variables_initializer())
+            pretrained = {v.op.name: session.run(v) for v in tf1.global_variables()}
+            prefix = tf1.train.Saver().save(session, str(pretrained_dir / "model.ckpt"))
+    train_dir = str(tmp_path / "train")
+
+    plan = _train_toy(train_dir, prefix, 4)
+    assert plan.source == "checkpoint" and len(plan.restore) == 4
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(train_dir))
+    assert reader.get_tensor("global_step") == 4
+    # conv1 frozen: still the pre-trained values; head trained from them.
+    np.testing.assert_array_equal(reader.get_tensor("net/conv1/weights"), pretrained["pre/conv1/weights"])
+    assert not np.array_equal(reader.get_tensor("net/head/weights"), pretrained["pre/head/weights"])
+    assert reader.has_tensor("net/head/weights/ExponentialMovingAverage")
+
+    plan = _train_toy(train_dir, prefix, 6)
+    assert plan.source == "resume"
+    assert tf.train.load_checkpoint(tf.train.latest_checkpoint(train_dir)).get_tensor("global_step") == 6
