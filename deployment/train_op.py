@@ -9,9 +9,11 @@ into the tensor ``slim.learning.train`` runs::
                                -> [EMA of the variables, after the step]
     train tensor:              total loss, after the step and the first clone's update ops
 
-The NaN/Inf guard checks every loss term of every clone (and the gradient norm when
-clipping) before the variables change: a bad step never reaches the variables or a
-checkpoint. It fails the step with an error naming the term and the global step;
+The NaN/Inf guard checks every loss term of every clone and the global norm of the
+averaged gradients before the variables change: a bad step never reaches the trained
+variables or a checkpoint. (Update ops made by the model, such as batch-norm moving
+statistics, are not gated: they may absorb the bad step, but training stops before any
+later save.) It fails the step with an error naming the term and the global step;
 :func:`make_train_step_fn` turns that error into :class:`NonFiniteLossError`, which stops
 ``slim.learning.train`` with that message.
 """
@@ -37,7 +39,7 @@ TrainOp = collections.namedtuple(
         "total_loss",  # sum of the clone losses (each / num_clones) + regularization
         "grads_and_vars",  # averaged (and clipped) gradients as applied
         "gradient_norm",  # global norm of the averaged gradients before clipping
-        "loss_terms",  # {name: tensor} checked by the NaN guard (raw, unscaled per clone)
+        "loss_terms",  # {name: tensor} checked by the NaN guard: raw clone losses, regularization, gradient norm
         "moving_average",  # tf.train.ExponentialMovingAverage or None
     ],
 )
@@ -175,8 +177,8 @@ def build_train_op(
         loss_terms = {}
         if check_numerics:
             loss_terms = _clone_loss_terms(clones, regularization_losses)
-            if clip_gradient_norm and clip_gradient_norm > 0:
-                loss_terms["gradient_global_norm"] = gradient_norm
+            # A finite loss can still give NaN gradients (e.g. sqrt at 0): check their norm too.
+            loss_terms["gradient_global_norm"] = gradient_norm
             guards = [nan_guard(loss_terms, global_step)]
         with tf.control_dependencies(guards):
             apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)

@@ -78,7 +78,7 @@ def test_clipping_by_global_norm():
 def test_train_op_placement_and_loss_terms():
     with tf.Graph().as_default() as graph:
         config, _, train = build()
-        assert sorted(train.loss_terms) == ["clone_0/mse/value", "clone_1/mse/value"]
+        assert sorted(train.loss_terms) == ["clone_0/mse/value", "clone_1/mse/value", "gradient_global_norm"]
         guards = [op for op in graph.get_operations() if op.name.endswith("/AssertGuard")]
         assert len(guards) == 1 and all(op.device == config.optimizer_device() for op in guards)
         assert train.train_tensor.op.name == "train_op"
@@ -141,9 +141,23 @@ def test_nan_guard_stops_slim_learning_train_with_its_message(tmp_path, caplog):
 def test_absurd_learning_rate_stops_at_the_guard(tmp_path):
     with tf.Graph().as_default():
         _, _, train = build(num_clones=1, optimizer=tf1.train.GradientDescentOptimizer(1e12))
-        with pytest.raises(NonFiniteLossError, match=r"loss term 'mse/value' became NaN or Inf at global step \d+"):
+        with pytest.raises(NonFiniteLossError, match=r"loss term 'mse/value'(, 'gradient_global_norm')? became NaN or Inf at global step \d+"):
             slim.learning.train(
                 train.train_tensor, str(tmp_path / "train"), number_of_steps=100,
+                train_step_fn=make_train_step_fn(), save_summaries_secs=0, save_interval_secs=0,
+            )
+
+
+def test_nan_gradient_with_finite_loss_is_caught(tmp_path):
+    def sqrt_at_zero():
+        weights = [v for v in tf1.trainable_variables() if v.op.name == "net/head/weights"][0]
+        return tf.sqrt(tf.reduce_sum(tf.square(weights)) * 0.0, name="sqrt_term")  # value 0, gradient NaN
+
+    with tf.Graph().as_default():
+        _, _, train = build(num_clones=1, model_fn=lambda: toy_model(sqrt_at_zero))
+        with pytest.raises(NonFiniteLossError, match=r"loss term 'gradient_global_norm' became NaN or Inf at global step 0"):
+            slim.learning.train(
+                train.train_tensor, str(tmp_path / "train"), number_of_steps=5,
                 train_step_fn=make_train_step_fn(), save_summaries_secs=0, save_interval_secs=0,
             )
 
