@@ -1,0 +1,263 @@
+"""Where training starts: resume, a pre-trained checkpoint, or scratch (DESIGN.md section 6).
+
+Precedence, decided by :func:`plan_initialization` and logged in one line by
+:func:`get_init_fn`:
+
+1. a checkpoint in ``train_dir``: resume. ``get_init_fn`` returns ``None`` because the
+   Supervisor of ``slim.learning.train`` restores the whole training state itself.
+2. ``checkpoint_path`` (a checkpoint prefix or a directory holding one): restore the
+   model variables, renaming ``model_scope`` to ``checkpoint_model_scope`` (e.g. a
+   ``vgg_16`` ImageNet checkpoint into ``ssd_300_vgg``), leaving out
+   ``checkpoint_exclude_scopes``, and skipping with a warning the variables whose shape
+   differs from the checkpoint's (class heads for another class count). Variables the
+   checkpoint lacks are an error unless ``ignore_missing_vars``.
+3. scratch, with a warning.
+
+A ``checkpoint_path`` that does not exist is an error, unless it is the default
+(``ckpt/pre_trained``), which starts from scratch with a warning: a typo never trains
+from scratch silently.
+"""
+
+import dataclasses
+import os
+
+from absl import logging
+import tensorflow as tf
+
+from deployment.scopes import in_scope, split_scopes
+from tf_compat import slim, tf1
+
+DEFAULT_CHECKPOINT_PATH = "ckpt/pre_trained"
+
+RESUME = "resume"
+CHECKPOINT = "checkpoint"
+SCRATCH = "scratch"
+
+
+@dataclasses.dataclass
+class InitializationPlan:
+    """What :func:`get_init_fn` does, without doing it (usable for a dry run).
+
+    Attributes:
+      source: 'resume', 'checkpoint' or 'scratch'.
+      checkpoint: the checkpoint file prefix resumed or restored from (None for scratch).
+      restore: (variable name, name in checkpoint) pairs restored.
+      skipped: (variable name, name in checkpoint, variable shape, checkpoint shape)
+        for variables left fresh because the shapes (or dtypes) differ.
+      excluded: variable names left fresh by ``checkpoint_exclude_scopes``.
+      missing: (variable name, name in checkpoint) the checkpoint lacks (left fresh
+        with ``ignore_missing_vars``).
+      fresh: names of all global variables initialised by their initializers.
+      reason: why this source was chosen (a path, a warning).
+    """
+
+    source: str
+    checkpoint: str | None = None
+    restore: list = dataclasses.field(default_factory=list)
+    skipped: list = dataclasses.field(default_factory=list)
+    excluded: list = dataclasses.field(default_factory=list)
+    missing: list = dataclasses.field(default_factory=list)
+    fresh: list = dataclasses.field(default_factory=list)
+    reason: str = ""
+
+    def summary_line(self):
+        """The one log line that says where training starts."""
+        if self.source == RESUME:
+            return f"Initialization: resuming from {self.checkpoint} ({self.reason})"
+        if self.source == SCRATCH:
+            return (
+                f"Initialization: training FROM SCRATCH, {len(self.fresh)} variables initialised fresh "
+                f"({self.reason})"
+            )
+        return (
+            f"Initialization: restoring from {self.checkpoint}: {len(self.restore)} restored, "
+            f"{len(self.skipped)} skipped (shape differs), {len(self.excluded)} excluded, "
+            f"{len(self.missing)} missing from checkpoint, {len(self.fresh)} initialised fresh"
+        )
+
+    def details(self):
+        """Per-variable lines for the skipped, excluded and missing variables."""
+        lines = [
+            f"skipped {name} (checkpoint {ckpt_name}): shape {list(shape)} vs checkpoint {list(ckpt_shape)}"
+            for name, ckpt_name, shape, ckpt_shape in self.skipped
+        ]
+        lines += [f"excluded {name}" for name in self.excluded]
+        lines += [f"missing {name} (checkpoint {ckpt_name})" for name, ckpt_name in self.missing]
+        return lines
+
+
+def _map_name(name, model_scope, checkpoint_model_scope, var_name_map_fn):
+    if checkpoint_model_scope is not None:
+        if in_scope(name, model_scope):
+            rest = name[len(model_scope) :].lstrip("/")
+            name = f"{checkpoint_model_scope}/{rest}" if checkpoint_model_scope else rest
+    if var_name_map_fn is not None:
+        name = var_name_map_fn(name)
+    return name
+
+
+def _resolve_checkpoint(path):
+    """A checkpoint prefix for ``path`` (prefix or directory), or None if there is none."""
+    if tf.io.gfile.isdir(path):
+        return tf.train.latest_checkpoint(path)
+    if tf.io.gfile.exists(path + ".index") or tf.io.gfile.exists(path):
+        return path
+    return None
+
+
+def _same_path(a, b):
+    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+
+
+def plan_initialization(
+    train_dir,
+    checkpoint_path,
+    checkpoint_exclude_scopes=None,
+    checkpoint_model_scope=None,
+    model_scope=None,
+    ignore_missing_vars=False,
+    default_checkpoint_path=DEFAULT_CHECKPOINT_PATH,
+    var_name_map_fn=None,
+    variables_to_restore=None,
+):
+    """Decides where training starts; see the module docstring. Builds nothing in the graph.
+
+    Args:
+      train_dir: the training directory (resume source); may be None.
+      checkpoint_path: checkpoint prefix or directory to fine-tune from; may be None.
+      checkpoint_exclude_scopes: comma-separated string or list of scopes not restored.
+      checkpoint_model_scope: the model scope name inside the checkpoint ('' for none).
+      model_scope: the model scope in this graph, replaced by ``checkpoint_model_scope``.
+      ignore_missing_vars: leave variables the checkpoint lacks fresh instead of failing.
+      default_checkpoint_path: the path whose absence only warns.
+      var_name_map_fn: optional ``name -> checkpoint name`` applied after the scope mapping.
+      variables_to_restore: candidates; default ``slim.get_model_variables()``.
+
+    Returns:
+      :class:`InitializationPlan`.
+
+    Raises:
+      FileNotFoundError: ``checkpoint_path`` names no checkpoint (and is not the default).
+      ValueError: variables missing from the checkpoint without ``ignore_missing_vars``;
+        ``checkpoint_model_scope`` without ``model_scope``.
+    """
+    all_names = [v.op.name for v in tf1.global_variables()]
+    if train_dir:
+        resume = tf.train.latest_checkpoint(train_dir)
+        if resume:
+            return InitializationPlan(
+                RESUME, checkpoint=resume, reason=f"checkpoint found in train_dir {train_dir}"
+            )
+    if not checkpoint_path:
+        return InitializationPlan(SCRATCH, fresh=all_names, reason="no checkpoint_path given")
+    checkpoint = _resolve_checkpoint(checkpoint_path)
+    if checkpoint is None:
+        if default_checkpoint_path and _same_path(checkpoint_path, default_checkpoint_path):
+            return InitializationPlan(
+                SCRATCH,
+                fresh=all_names,
+                reason=f"the default checkpoint_path {checkpoint_path} holds no checkpoint",
+            )
+        kind = "directory holds no checkpoint" if tf.io.gfile.isdir(checkpoint_path) else "does not exist"
+        raise FileNotFoundError(
+            f"--checkpoint_path {checkpoint_path}: {kind} (expected a checkpoint prefix such as "
+            "model.ckpt-1000 with its .index file, or a directory with a 'checkpoint' file)"
+        )
+    if checkpoint_model_scope is not None and model_scope is None:
+        raise ValueError("checkpoint_model_scope needs model_scope (the scope it replaces in this graph)")
+
+    reader = tf.train.load_checkpoint(checkpoint)
+    ckpt_shapes = reader.get_variable_to_shape_map()
+    ckpt_dtypes = reader.get_variable_to_dtype_map()
+    exclusions = split_scopes(checkpoint_exclude_scopes)
+    if variables_to_restore is None:
+        variables_to_restore = slim.get_model_variables()
+
+    plan = InitializationPlan(CHECKPOINT, checkpoint=checkpoint, reason=f"checkpoint_path {checkpoint_path}")
+    for var in variables_to_restore:
+        name = var.op.name
+        if any(in_scope(name, scope) for scope in exclusions):
+            plan.excluded.append(name)
+            continue
+        ckpt_name = _map_name(name, model_scope, checkpoint_model_scope, var_name_map_fn)
+        if ckpt_name not in ckpt_shapes:
+            plan.missing.append((name, ckpt_name))
+            continue
+        shape = var.shape.as_list()
+        if shape != list(ckpt_shapes[ckpt_name]) or var.dtype.base_dtype != ckpt_dtypes[ckpt_name]:
+            plan.skipped.append((name, ckpt_name, shape, list(ckpt_shapes[ckpt_name])))
+            continue
+        plan.restore.append((name, ckpt_name))
+    if plan.missing and not ignore_missing_vars:
+        shown = ", ".join(f"{n} (as {c})" for n, c in plan.missing[:10])
+        raise ValueError(
+            f"{len(plan.missing)} variable(s) are not in checkpoint {checkpoint}: {shown}"
+            f"{' ...' if len(plan.missing) > 10 else ''}. Check --checkpoint_model_scope/--model_scope, "
+            "exclude them with --checkpoint_exclude_scopes, or pass --ignore_missing_vars."
+        )
+    restored = {name for name, _ in plan.restore}
+    plan.fresh = [name for name in all_names if name not in restored]
+    if not plan.restore:
+        plan.source = SCRATCH
+        plan.reason = f"nothing in {checkpoint} matches the model variables"
+    return plan
+
+
+def init_fn_from_plan(plan):
+    """The ``init_fn(session)`` restoring ``plan.restore``; None unless the source is a checkpoint."""
+    if plan.source != CHECKPOINT:
+        return None
+    variables = {v.op.name: v for v in tf1.global_variables()}
+    var_list = {ckpt_name: variables[name] for name, ckpt_name in plan.restore}
+    saver = tf1.train.Saver(var_list, reshape=False, sharded=False, name="init_from_checkpoint")
+    checkpoint = plan.checkpoint
+
+    def init_fn(session):
+        saver.restore(session, checkpoint)
+
+    return init_fn
+
+
+def log_plan(plan):
+    """Logs the one summary line (a warning for scratch or skips) and the per-variable details."""
+    line = plan.summary_line()
+    if plan.source == SCRATCH or plan.skipped or plan.missing:
+        logging.warning(line)
+    else:
+        logging.info(line)
+    for detail in plan.details():
+        logging.info("Initialization: %s", detail)
+
+
+def get_init_fn(
+    train_dir,
+    checkpoint_path,
+    checkpoint_exclude_scopes=None,
+    checkpoint_model_scope=None,
+    model_scope=None,
+    ignore_missing_vars=False,
+    default_checkpoint_path=DEFAULT_CHECKPOINT_PATH,
+    var_name_map_fn=None,
+    variables_to_restore=None,
+    return_plan=False,
+):
+    """The ``init_fn`` for ``slim.learning.train`` (arguments as :func:`plan_initialization`).
+
+    Logs where training starts in one line. Returns ``init_fn`` (None for resume and
+    scratch), or ``(init_fn, plan)`` with ``return_plan=True``. Call it after the whole
+    model is built (it creates a Saver for the restored variables).
+    """
+    plan = plan_initialization(
+        train_dir,
+        checkpoint_path,
+        checkpoint_exclude_scopes=checkpoint_exclude_scopes,
+        checkpoint_model_scope=checkpoint_model_scope,
+        model_scope=model_scope,
+        ignore_missing_vars=ignore_missing_vars,
+        default_checkpoint_path=default_checkpoint_path,
+        var_name_map_fn=var_name_map_fn,
+        variables_to_restore=variables_to_restore,
+    )
+    log_plan(plan)
+    init_fn = init_fn_from_plan(plan)
+    return (init_fn, plan) if return_plan else init_fn

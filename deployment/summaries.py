@@ -1,0 +1,73 @@
+"""TensorBoard summaries of a training run (DESIGN.md section 6).
+
+Tags written (besides ``global_step/sec``, which the Supervisor of ``slim.learning.train``
+writes itself, and the per-clone ``Losses/clone_i/clone_loss`` and
+``Losses/regularization_loss`` that :func:`deployment.model_deploy.optimize_clones` adds):
+
+- ``Losses/total_loss`` and one ``Losses/<term>`` per loss of the first clone
+  (:func:`add_loss_summaries`);
+- ``learning_rate`` (:func:`add_learning_rate_summary`);
+- ``activations/<end point>`` histograms and ``sparsity/<end point>`` zero fractions
+  (:func:`add_activation_summaries`);
+- ``variables/<variable>`` histograms (:func:`add_variable_summaries`);
+- ``images_with_boxes`` (:func:`add_image_with_boxes_summary`).
+
+Every function adds to the graph's ``SUMMARIES`` collection and returns the ops it made,
+so ``tf.compat.v1.summary.merge_all()`` or ``slim.learning.train``'s default summary op
+picks them up.
+"""
+
+import re
+
+import tensorflow as tf
+
+from tf_compat import tf1
+
+
+def _clean(name):
+    return re.sub(r":\d+$", "", name)
+
+
+def add_loss_summaries(total_loss, clones=None):
+    """``Losses/total_loss`` and each loss term of the first clone (its scope stripped)."""
+    ops = [tf1.summary.scalar("Losses/total_loss", total_loss)]
+    scope = clones[0].scope if clones else None
+    for loss in tf1.get_collection(tf1.GraphKeys.LOSSES, scope):
+        name = _clean(loss.op.name)
+        if scope and name.startswith(scope):
+            name = name[len(scope) :]
+        ops.append(tf1.summary.scalar(f"Losses/{name}", loss))
+    return ops
+
+
+def add_learning_rate_summary(learning_rate):
+    return [tf1.summary.scalar("learning_rate", learning_rate)]
+
+
+def add_activation_summaries(end_points):
+    """A histogram and the zero fraction (sparsity) of each activation in ``end_points`` ({name: tensor})."""
+    ops = []
+    for name, activation in end_points.items():
+        ops.append(tf1.summary.histogram(f"activations/{name}", activation))
+        ops.append(tf1.summary.scalar(f"sparsity/{name}", tf.nn.zero_fraction(activation)))
+    return ops
+
+
+def add_variable_summaries(variables):
+    return [tf1.summary.histogram(f"variables/{var.op.name}", var) for var in variables]
+
+
+def add_image_with_boxes_summary(images, boxes, name="images_with_boxes", max_outputs=3):
+    """Images with their boxes drawn, as seen by the network.
+
+    Args:
+      images: [batch, height, width, 3] float tensor in any range (each image is
+        rescaled to [0, 1] for display, so mean-subtracted inputs show correctly).
+      boxes: [batch, num_boxes, 4] relative (ymin, xmin, ymax, xmax), the SSD layout.
+    """
+    images = tf.cast(images, tf.float32)
+    low = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
+    high = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
+    images = (images - low) / tf.maximum(high - low, 1e-6)
+    drawn = tf1.image.draw_bounding_boxes(images, tf.cast(boxes, tf.float32))
+    return [tf1.summary.image(name, drawn, max_outputs=max_outputs)]

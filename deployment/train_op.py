@@ -1,0 +1,264 @@
+"""The train op over model_deploy clones: averaged gradients, clipping, EMA and the NaN guard.
+
+:func:`build_train_op` turns the clones of :func:`deployment.model_deploy.create_clones`
+into the tensor ``slim.learning.train`` runs::
+
+    per clone (its device):    loss_i / num_clones (+ regularization on clone 0) -> gradients
+    optimizer device:          average gradients -> [clip by global norm] -> NaN/Inf guard
+                               -> apply_gradients (ops sit with their variables)
+                               -> [EMA of the variables, after the step]
+    train tensor:              total loss, after the step and the first clone's update ops
+
+The NaN/Inf guard checks every loss term of every clone and the global norm of the
+averaged gradients before the variables change: a bad step never reaches the trained
+variables or a checkpoint. (Update ops made by the model, such as batch-norm moving
+statistics, are not gated: they may absorb the bad step, but training stops before any
+later save.) It fails the step with an error naming the term and the global step;
+:func:`make_train_step_fn` turns that error into :class:`NonFiniteLossError`, which stops
+``slim.learning.train`` with that message.
+"""
+
+import collections
+import re
+import time
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from deployment import model_deploy
+from deployment.scopes import in_scope, split_scopes
+from tf_compat import slim, tf1
+
+NAN_GUARD_MARKER = "NaN/Inf guard"
+
+TrainOp = collections.namedtuple(
+    "TrainOp",
+    [
+        "train_tensor",  # run by slim.learning.train: the total loss after the step
+        "total_loss",  # sum of the clone losses (each / num_clones) + regularization
+        "grads_and_vars",  # averaged (and clipped) gradients as applied
+        "gradient_norm",  # global norm of the averaged gradients before clipping
+        "loss_terms",  # {name: tensor} checked by the NaN guard: raw clone losses, regularization, gradient norm
+        "moving_average",  # tf.train.ExponentialMovingAverage or None
+    ],
+)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because a loss term (or the gradient norm) became NaN or Inf."""
+
+
+def get_variables_to_train(trainable_scopes=None):
+    """Trainable variables under ``trainable_scopes`` (comma-separated or list); all if empty.
+
+    The rest stay frozen (the "train the new layers first" recipe). A scope matching no
+    trainable variable is an error (a typo would otherwise freeze everything).
+    """
+    trainable = tf1.trainable_variables()
+    scopes = split_scopes(trainable_scopes)
+    if not scopes:
+        return trainable
+    selected = []
+    for scope in scopes:
+        matched = [v for v in trainable if in_scope(v.op.name, scope)]
+        if not matched:
+            raise ValueError(
+                f"--trainable_scopes: '{scope}' matches no trainable variable; "
+                f"top-level scopes present: {sorted({v.op.name.split('/')[0] for v in trainable})}"
+            )
+        selected.extend(v for v in matched if v not in selected)
+    return selected
+
+
+def clip_gradients_by_global_norm(grads_and_vars, clip_norm):
+    """Clips the gradients jointly to global norm ``clip_norm``; returns (grads_and_vars, norm before)."""
+    grads = [g for g, _ in grads_and_vars]
+    dense = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
+    norm = tf.linalg.global_norm(dense, name="clip_gradients/global_norm")
+    if clip_norm is None or clip_norm <= 0:
+        return grads_and_vars, norm
+    clipped, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=norm, name="clip_by_global_norm")
+    return list(zip(clipped, [v for _, v in grads_and_vars])), norm
+
+
+def nan_guard(loss_terms, global_step):
+    """An op failing when any of ``loss_terms`` ({name: tensor}) is NaN or Inf.
+
+    One check over all terms, so the error lists every bad term (in ``loss_terms`` order)
+    with its value and the global step; :func:`describe_nan_guard_error` parses it.
+    """
+    with tf1.name_scope("nan_guard"):
+        names = tf.constant(list(loss_terms), name="loss_term_names")
+        values = tf.stack(
+            [tf.reduce_sum(tf.cast(value, tf.float32)) for value in loss_terms.values()], name="loss_term_values"
+        )
+        finite = tf.math.is_finite(values)
+        bad = tf.logical_not(finite)
+        bad_names = tf.strings.reduce_join(tf.boolean_mask(names, bad), separator=", ")
+        check = tf1.debugging.Assert(
+            tf.reduce_all(finite),
+            [f"{NAN_GUARD_MARKER}: loss terms not finite at global step", global_step,
+             "terms:", bad_names, "values:", tf.boolean_mask(values, bad)],
+            summarize=max(len(loss_terms), 1),
+            name="check_loss_terms",
+        )
+    return check
+
+
+def _clone_loss_terms(clones, regularization_losses):
+    terms = {}
+    for clone in clones:
+        for loss in tf1.get_collection(tf1.GraphKeys.LOSSES, clone.scope):
+            terms[loss.op.name] = loss
+    if regularization_losses:
+        terms["regularization_loss"] = tf.add_n(regularization_losses, name="regularization_loss_for_guard")
+    return terms
+
+
+def build_train_op(
+    config,
+    clones,
+    optimizer,
+    global_step=None,
+    variables_to_train=None,
+    regularization_losses=None,
+    clip_gradient_norm=0.0,
+    moving_average_decay=None,
+    variables_to_average=None,
+    check_numerics=True,
+    summarize_gradients=False,
+):
+    """Builds the train op for ``clones`` (see the module docstring).
+
+    Args:
+      config: the :class:`deployment.model_deploy.DeploymentConfig` of the clones.
+      clones: from :func:`deployment.model_deploy.create_clones`.
+      optimizer: a ``tf.compat.v1.train.Optimizer``.
+      global_step: default: the graph's (created on the variables device if needed).
+      variables_to_train: default: all trainable variables (see :func:`get_variables_to_train`).
+      regularization_losses: default: the graph's ``REGULARIZATION_LOSSES``, added once.
+      clip_gradient_norm: clip the averaged gradients to this global norm (<= 0: no clipping).
+      moving_average_decay: keep an exponential moving average of ``variables_to_average``
+        (default: the model variables), updated after each step; its shadow variables are
+        global variables, so the Saver writes them (``<var>/ExponentialMovingAverage``).
+      variables_to_average: see ``moving_average_decay``.
+      check_numerics: add the NaN/Inf guard.
+      summarize_gradients: histograms and norms of the gradients.
+
+    Returns:
+      :class:`TrainOp`.
+    """
+    if global_step is None:
+        global_step = model_deploy.get_or_create_global_step(config)
+    if regularization_losses is None:
+        regularization_losses = tf1.get_collection(tf1.GraphKeys.REGULARIZATION_LOSSES)
+    if variables_to_train is None:
+        variables_to_train = tf1.trainable_variables()
+    first_clone = clones[0]
+    update_ops = list(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS, first_clone.scope))
+    optimizer_device = config.optimizer_device()
+
+    total_loss, grads_and_vars = model_deploy.optimize_clones(
+        clones,
+        optimizer,
+        regularization_losses=regularization_losses,
+        averaging_device=optimizer_device,
+        var_list=variables_to_train,
+    )
+    if not grads_and_vars:
+        raise ValueError("no variable to train receives a gradient from the clone losses")
+    with tf1.device(optimizer_device):
+        grads_and_vars, gradient_norm = clip_gradients_by_global_norm(grads_and_vars, clip_gradient_norm)
+        tf1.summary.scalar("gradient_global_norm", gradient_norm)
+        if summarize_gradients:
+            model_deploy.add_gradient_summaries(grads_and_vars)
+        guards = []
+        loss_terms = {}
+        if check_numerics:
+            loss_terms = _clone_loss_terms(clones, regularization_losses)
+            # A finite loss can still give NaN gradients (e.g. sqrt at 0): check their norm too.
+            loss_terms["gradient_global_norm"] = gradient_norm
+            guards = [nan_guard(loss_terms, global_step)]
+        with tf.control_dependencies(guards):
+            apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
+        step_ops = [apply_op]
+        moving_average = None
+        if moving_average_decay:
+            if variables_to_average is None:
+                variables_to_average = slim.get_model_variables()
+            moving_average = tf1.train.ExponentialMovingAverage(moving_average_decay, num_updates=global_step)
+            # After the step, so the averages follow the updated variables.
+            with tf.control_dependencies([apply_op]):
+                step_ops.append(moving_average.apply(variables_to_average))
+        update_op = tf.group(*(update_ops + step_ops), name="update_op")
+        with tf.control_dependencies([update_op]):
+            train_tensor = tf.identity(total_loss, name="train_op")
+    return TrainOp(train_tensor, total_loss, grads_and_vars, gradient_norm, loss_terms, moving_average)
+
+
+_GUARD_PATTERN = re.compile(
+    re.escape(NAN_GUARD_MARKER) + r": loss terms not finite at global step\]\s*\[(-?\d+)\]"
+    r"\s*\[terms:\]\s*\[([^\]]*)\]\s*\[values:\]\s*\[([^\]]*)\]"
+)
+
+
+def describe_nan_guard_error(error):
+    """The guard's message from an error raised by a guarded step, or None if it is not the guard's."""
+    match = _GUARD_PATTERN.search(str(error))
+    if not match:
+        return None
+    step, terms, values = match.groups()
+    terms = ", ".join(f"'{term}'" for term in terms.split(", "))
+    return (
+        f"Training stopped: loss term {terms} became NaN or Inf at global step {step} (value {values}). "
+        "The step was not applied; lower the learning rate, clip gradients (--clip_gradient_norm) "
+        "or check the input data."
+    )
+
+
+def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_steps=None):
+    """A ``train_step_fn`` for ``slim.learning.train`` with the NaN guard's stop and richer logs.
+
+    Runs ``train_op`` (with ``tensors_to_log``, a {name: scalar} dict such as loss terms
+    and the learning rate, in the same ``session.run``), then reads the global step, like
+    ``slim.learning.train_step``. When the step should log (``slim.learning.train``'s
+    ``log_every_n_steps``, or ``log_every_n_steps`` here), it logs one line: step, total
+    loss, the logged tensors, images/s (with ``images_per_step`` = batch x clones) and
+    sec/step. A NaN/Inf guard failure raises :class:`NonFiniteLossError` with the term
+    and step, which ends ``slim.learning.train`` without saving the bad step.
+    """
+    names = list((tensors_to_log or {}).keys())
+    tensors = [tensors_to_log[name] for name in names]
+
+    def train_step_fn(session, train_op, global_step, train_step_kwargs):
+        start = time.time()
+        try:
+            fetched = session.run([train_op] + tensors)
+        except tf.errors.InvalidArgumentError as error:
+            message = describe_nan_guard_error(error)
+            if message is None:
+                raise
+            logging.error(message)
+            raise NonFiniteLossError(message) from None
+        elapsed = time.time() - start
+        total_loss, logged = fetched[0], fetched[1:]
+        # Read after the step: fetched with train_op, the step's value could be either side of its increment.
+        np_global_step = int(session.run(global_step))
+        if log_every_n_steps:
+            should_log = np_global_step % log_every_n_steps == 0
+        elif "should_log" in train_step_kwargs:
+            should_log = session.run(train_step_kwargs["should_log"])
+        else:
+            should_log = False
+        if should_log:
+            parts = [f"global step {np_global_step}: loss = {total_loss:.4f}"]
+            parts += [f"{name} = {float(np.asarray(value)):.6g}" for name, value in zip(names, logged)]
+            if images_per_step:
+                parts.append(f"{images_per_step / max(elapsed, 1e-9):.1f} images/s")
+            parts.append(f"{elapsed:.3f} sec/step")
+            logging.info(", ".join(parts))
+        should_stop = bool(session.run(train_step_kwargs["should_stop"])) if "should_stop" in train_step_kwargs else False
+        return total_loss, should_stop
+
+    return train_step_fn
