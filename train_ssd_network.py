@@ -1,0 +1,410 @@
+#!/usr/bin/env python
+"""Trains an SSD network on a converted dataset, one tower per GPU, with slim.learning.train.
+
+    python train_ssd_network.py --train_dir=ckpt/fine_tuning --checkpoint_path=ckpt/pre_trained \
+        [--dataset_dir=data/voc07] [--num_clones=2] ...
+    tensorboard --logdir=ckpt/fine_tuning
+
+Without ``--dataset_dir`` it trains on the built-in synthetic sample dataset (generated once
+into a cache directory). Start-up precedence (logged in one line): a checkpoint already in
+``--train_dir`` resumes; else ``--checkpoint_path`` is restored (class heads of another class
+count are skipped); else training starts from scratch with a warning.
+
+The graph, as DESIGN.md section 3 draws it: the input pipeline (read, parse, augment, [encode
+targets], batch) and every variable on the CPU (or the ps tasks); each clone dequeues its own
+batch and builds the network and the multibox loss on its device; the clone gradients are
+averaged on the optimizer device and applied there.
+"""
+
+import json
+import os
+import sys
+import types
+
+import package_guard
+
+package_guard.ensure_project_packages()
+
+from absl import app, flags, logging  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from datasets import dataset_factory, sample_data  # noqa: E402
+from deployment import checkpoint_init, devices, learning_rate as lr_lib, model_deploy  # noqa: E402
+from deployment import optimizers, summaries, train_op as train_op_lib  # noqa: E402
+from nets import nets_factory  # noqa: E402
+from preprocessing import preprocessing_factory, seeds, visualization  # noqa: E402
+from preprocessing.ssd_vgg_preprocessing import TrainAugmentation  # noqa: E402
+from tf_compat import slim, tf1  # noqa: E402
+
+FLAGS = flags.FLAGS
+_FLAG_NAMES = []
+
+
+def _define(kind, name, default, help_text, **kwargs):
+    getattr(flags, f"DEFINE_{kind}")(name, default, help_text, **kwargs)
+    _FLAG_NAMES.append(name)
+
+
+# Directories and start-up.
+_define("string", "train_dir", "ckpt/fine_tuning", "Training directory: checkpoints, events, the effective configuration.")
+_define("string", "checkpoint_path", checkpoint_init.DEFAULT_CHECKPOINT_PATH,
+        "Weights to start from (file prefix or directory) when --train_dir has no checkpoint. A path that does not "
+        "exist is an error, except this default (then: scratch, with a warning).")
+_define("string", "checkpoint_model_scope", None,
+        "Scope of the model in the checkpoint when it differs from the network's, e.g. vgg_16 for an ImageNet "
+        "VGG-16 checkpoint.")
+_define("string", "checkpoint_exclude_scopes", None, "Comma-separated scopes not restored from --checkpoint_path.")
+_define("string", "trainable_scopes", None, "Comma-separated scopes to train; the rest stay frozen. Default: all.")
+_define("bool", "ignore_missing_vars", False, "Restore what --checkpoint_path has and leave the rest fresh.")
+
+# Dataset and input pipeline.
+_define("string", "dataset_dir", None, "A converted dataset (tf_convert_data.py output). Default: the sample dataset.")
+_define("string", "dataset_name", None, "Expected dataset name (e.g. pascalvoc_2007); default: what the dir holds.")
+_define("string", "dataset_split_name", "trainval", "Split to train on.")
+_define("integer", "batch_size", 32, "Images per clone per step (the global batch is batch_size x num_clones).")
+_define("integer", "num_readers", 4, "Shards read in parallel.")
+_define("integer", "num_preprocessing_threads", 4, "Parallel calls of parsing and augmentation.")
+_define("integer", "shuffle_buffer_size", 2048, "Examples in the shuffle buffer.")
+_define("enum", "augmentation", "ssd", "Training augmentation: 'ssd' (the paper's recipe) or 'none' (resize only).",
+        enum_values=["ssd", "none"])
+_define("enum", "encode_targets_in", "input",
+        "Where anchor matching runs: 'input' (CPU input pipeline, per image) or 'tower' (each clone, batched).",
+        enum_values=["input", "tower"])
+_define("integer", "seed", 0, "Seed of every random choice (data order, augmentation, initialisers, dropout).")
+
+# Network and loss.
+_define("string", "model_name", "ssd_300_vgg", f"Network: {', '.join(nets_factory.list_networks())}.")
+_define("string", "image_size", None, "Network input 'H,W' or 'S' (default: the network's, 300 or 512).")
+_define("enum", "data_format", "NHWC", "NHWC, or NCHW (GPU only).", enum_values=["NHWC", "NCHW"])
+_define("float", "weight_decay", 0.0005, "L2 weight decay.")
+_define("float", "dropout_keep_prob", 1.0, "Keep probability of dropout after conv6/conv7 (the paper uses none).")
+_define("float", "match_threshold", 0.5, "IoU from which an anchor is positive.")
+_define("float", "negative_threshold", None, "IoU below which an anchor may be a negative (default: match_threshold).")
+_define("float", "negative_ratio", 3.0, "Hard negatives mined per positive, per image.")
+_define("float", "loss_alpha", 1.0, "Weight of the localisation loss.")
+_define("float", "label_smoothing", 0.0, "Label smoothing of the classification loss.")
+
+# Optimisation.
+_define("enum", "optimizer", "momentum", "Optimizer.", enum_values=list(optimizers.OPTIMIZER_NAMES))
+_define("float", "learning_rate", 0.001, "Initial learning rate.")
+_define("enum", "learning_rate_decay_type", "fixed", "Learning-rate schedule.", enum_values=list(lr_lib.DECAY_TYPES))
+_define("float", "learning_rate_decay_factor", 0.94, "Decay factor (exponential).")
+_define("float", "num_epochs_per_decay", 2.0, "Epochs per decay period (exponential, polynomial, cosine).")
+_define("float", "end_learning_rate", 0.0001, "Final learning rate (polynomial) / floor (cosine).")
+_define("list", "learning_rate_boundaries", None, "Piecewise: global steps where the rate changes.")
+_define("list", "learning_rate_values", None, "Piecewise: the rates (one more than the boundaries).")
+_define("integer", "warmup_steps", 0, "Linear warmup from 0 over this many global steps.")
+_define("float", "momentum", 0.9, "Momentum (momentum, rmsprop).")
+_define("float", "adam_beta1", 0.9, "Adam/AdamW beta1.")
+_define("float", "adam_beta2", 0.999, "Adam/AdamW beta2.")
+_define("float", "opt_epsilon", 1e-8, "Adam/AdamW epsilon.")
+_define("float", "adamw_weight_decay", 0.01, "AdamW decoupled weight decay.")
+_define("float", "rmsprop_decay", 0.9, "RMSProp decay.")
+_define("float", "rmsprop_epsilon", 1.0, "RMSProp epsilon.")
+_define("float", "adagrad_initial_accumulator_value", 0.1, "Adagrad initial accumulator.")
+_define("float", "adadelta_rho", 0.95, "Adadelta rho.")
+_define("float", "ftrl_learning_rate_power", -0.5, "FTRL learning-rate power.")
+_define("float", "ftrl_initial_accumulator_value", 0.1, "FTRL initial accumulator.")
+_define("float", "ftrl_l1", 0.0, "FTRL L1.")
+_define("float", "ftrl_l2", 0.0, "FTRL L2.")
+_define("float", "clip_gradient_norm", 0.0, "Clip the averaged gradients to this global norm (0: off).")
+_define("float", "moving_average_decay", None, "Keep an EMA of the weights (used by eval and export).")
+_define("integer", "max_number_of_steps", None, "Stop at this global step (default: train until interrupted).")
+
+# Devices.
+_define("integer", "num_clones", 1, "Towers: one per GPU.")
+_define("bool", "clone_on_cpu", False, "Put the towers on the CPU (split into num_clones logical devices).")
+_define("float", "gpu_memory_fraction", devices.DEFAULT_GPU_MEMORY_FRACTION, "GPU memory each process may take.")
+_define("bool", "allow_growth", False, "Let GPU memory grow on demand instead of reserving it up front.")
+
+# Logging, summaries, checkpoints.
+_define("integer", "log_every_n_steps", 10, "Log step, losses, learning rate and images/s this often.")
+_define("integer", "save_summaries_secs", 60, "Write TensorBoard summaries this often.")
+_define("integer", "save_interval_secs", 600, "Write a checkpoint this often.")
+_define("integer", "max_to_keep", 5, "Checkpoints kept.")
+_define("float", "keep_checkpoint_every_n_hours", 10000.0, "Also keep one checkpoint per this many hours.")
+_define("integer", "num_summary_images", 3, "Training images (after augmentation, with boxes) shown in TensorBoard.")
+_define("bool", "summarize_activations", True, "Histograms and sparsity of the feature layers.")
+_define("bool", "summarize_variables", True, "Histograms of the model variables.")
+
+CONFIG_FILE = "training_config.json"
+
+
+def default_options(**overrides):
+    """The flags' defaults as a namespace, with ``overrides`` (for tests and benchmarks)."""
+    values = {name: FLAGS[name].default for name in _FLAG_NAMES}
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise ValueError(f"unknown training options {sorted(unknown)}")
+    values.update(overrides)
+    return types.SimpleNamespace(**values)
+
+
+def options_from_flags():
+    return types.SimpleNamespace(**{name: FLAGS[name].value for name in _FLAG_NAMES})
+
+
+def parse_image_size(text):
+    if not text:
+        return None
+    parts = [int(p) for p in str(text).replace("x", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise ValueError(f"--image_size must be 'S' or 'H,W' with positive sizes, got {text!r}")
+    return tuple(parts)
+
+
+def resolve_dataset(opts):
+    """(DatasetSpec, dataset_dir): ``--dataset_dir``, or the built-in sample dataset."""
+    dataset_dir = opts.dataset_dir
+    if not dataset_dir:
+        dataset_dir = sample_data.ensure_sample_dataset()
+        logging.info("No --dataset_dir: training on the built-in sample dataset in %s", dataset_dir)
+    return dataset_factory.get_dataset(opts.dataset_name, opts.dataset_split_name, dataset_dir)
+
+
+def build_network(opts, num_classes):
+    overrides = {"num_classes": num_classes}
+    image_size = parse_image_size(opts.image_size)
+    if image_size:
+        overrides["img_shape"] = image_size
+    return nets_factory.get_network(opts.model_name, **overrides)
+
+
+def _augmentation(opts):
+    return TrainAugmentation() if opts.augmentation == "ssd" else TrainAugmentation.none()
+
+
+def starting_global_step(train_dir):
+    """The global step of the checkpoint training will resume from (0 when there is none)."""
+    latest = tf.train.latest_checkpoint(train_dir) if train_dir and tf.io.gfile.isdir(train_dir) else None
+    if not latest:
+        return 0
+    reader = tf.train.load_checkpoint(latest)
+    return int(reader.get_tensor("global_step")) if reader.has_tensor("global_step") else 0
+
+
+def build_input_dataset(opts, spec, net, data_seed):
+    """Batches for the towers: dicts of image [B,H,W,3] float32, labels [B,N], boxes [B,N,4]
+    (padded with label 0 / empty boxes) and, with targets encoded in the input pipeline,
+    gclasses [B,A], glocalisations [B,A,4], gscores [B,A]."""
+    preprocess = preprocessing_factory.get_preprocessing(opts.model_name, is_training=True)
+    augmentation = _augmentation(opts)
+    out_shape = net.params.img_shape
+    encode_in_input = opts.encode_targets_in == "input"
+
+    def prepare(index, example):
+        image, labels, boxes, _ = preprocess(
+            example["image"], example["labels"], example["boxes"], example["difficult"], out_shape,
+            seed=seeds.example_seed(data_seed, index), options=augmentation,
+        )
+        prepared = {"image": image, "labels": labels, "boxes": boxes}
+        if encode_in_input:
+            gclasses, glocalisations, gscores = net.bboxes_encode(
+                labels, boxes, match_threshold=opts.match_threshold, negative_threshold=opts.negative_threshold)
+            prepared.update(gclasses=gclasses, glocalisations=glocalisations, gscores=gscores)
+        return prepared
+
+    dataset = dataset_factory.build_dataset(
+        spec, is_training=True, seed=data_seed, num_readers=opts.num_readers,
+        num_parallel_calls=opts.num_preprocessing_threads, shuffle_buffer_size=opts.shuffle_buffer_size,
+    )
+    dataset = dataset.enumerate().map(prepare, num_parallel_calls=opts.num_preprocessing_threads, deterministic=True)
+    dataset = dataset.padded_batch(opts.batch_size, drop_remainder=True)
+    return dataset.prefetch(max(2, opts.num_clones))
+
+
+def make_clone_fn(opts, net, iterator, deploy_config, labels_to_names):
+    """The model_fn run once per clone: dequeue a batch, SSD net, multibox loss."""
+
+    def clone_fn():
+        with tf1.device(deploy_config.inputs_device()):
+            batch = iterator.get_next()
+        images = batch["image"]
+        if opts.data_format == "NCHW":
+            images = tf.transpose(images, [0, 3, 1, 2])
+        with slim.arg_scope(net.arg_scope(weight_decay=opts.weight_decay, data_format=opts.data_format)):
+            _, localisations, logits, end_points = net.net(
+                images, is_training=True, dropout_keep_prob=opts.dropout_keep_prob, data_format=opts.data_format,
+                dropout_seed=opts.seed,
+            )
+        if opts.encode_targets_in == "input":
+            gclasses, glocalisations, gscores = batch["gclasses"], batch["glocalisations"], batch["gscores"]
+        else:
+            gclasses, glocalisations, gscores = net.bboxes_encode(
+                batch["labels"], batch["boxes"], match_threshold=opts.match_threshold,
+                negative_threshold=opts.negative_threshold)
+        net.losses(
+            logits, localisations, gclasses, glocalisations, gscores, match_threshold=opts.match_threshold,
+            negative_ratio=opts.negative_ratio, alpha=opts.loss_alpha, label_smoothing=opts.label_smoothing,
+        )
+        end_points = dict(end_points)
+        end_points["_batch"] = batch
+        return end_points
+
+    return clone_fn
+
+
+def _float_list(values, name):
+    try:
+        return [float(v) for v in values] if values else None
+    except ValueError:
+        raise ValueError(f"--{name} must be a comma-separated list of numbers, got {values!r}") from None
+
+
+def build_training_graph(opts, spec, deploy_config=None, data_seed=None):
+    """Builds the whole training graph in the default graph; returns a namespace of its parts."""
+    deploy_config = deploy_config or model_deploy.DeploymentConfig(
+        num_clones=opts.num_clones, clone_on_cpu=opts.clone_on_cpu)
+    data_seed = opts.seed if data_seed is None else data_seed
+    tf1.set_random_seed(opts.seed)
+    net = build_network(opts, spec.num_classes)
+    global_step = model_deploy.get_or_create_global_step(deploy_config)
+
+    with tf1.device(deploy_config.inputs_device()), tf.name_scope("input"):
+        dataset = build_input_dataset(opts, spec, net, data_seed)
+        iterator = tf1.data.make_one_shot_iterator(dataset)
+
+    clone_fn = make_clone_fn(opts, net, iterator, deploy_config, spec.labels_to_names)
+    clones = model_deploy.create_clones(deploy_config, clone_fn)
+    first_clone = clones[0]
+
+    with tf1.device(deploy_config.optimizer_device()):
+        learning_rate = lr_lib.configure_learning_rate(
+            global_step, learning_rate=opts.learning_rate, decay_type=opts.learning_rate_decay_type,
+            decay_rate=opts.learning_rate_decay_factor, end_learning_rate=opts.end_learning_rate,
+            boundaries=[int(b) for b in _float_list(opts.learning_rate_boundaries, "learning_rate_boundaries") or []]
+            or None,
+            values=_float_list(opts.learning_rate_values, "learning_rate_values"),
+            warmup_steps=opts.warmup_steps, num_samples_per_epoch=spec.num_samples,
+            num_epochs_per_decay=opts.num_epochs_per_decay, batch_size=opts.batch_size,
+            num_clones=deploy_config.num_clones, num_replicas=deploy_config.num_replicas,
+        )
+        optimizer = optimizers.configure_optimizer(
+            opts.optimizer, learning_rate, momentum=opts.momentum, rmsprop_decay=opts.rmsprop_decay,
+            rmsprop_momentum=opts.momentum, rmsprop_epsilon=opts.rmsprop_epsilon, adam_beta1=opts.adam_beta1,
+            adam_beta2=opts.adam_beta2, adam_epsilon=opts.opt_epsilon, adamw_weight_decay=opts.adamw_weight_decay,
+            adagrad_initial_accumulator_value=opts.adagrad_initial_accumulator_value,
+            adadelta_rho=opts.adadelta_rho, ftrl_learning_rate_power=opts.ftrl_learning_rate_power,
+            ftrl_initial_accumulator_value=opts.ftrl_initial_accumulator_value, ftrl_l1=opts.ftrl_l1,
+            ftrl_l2=opts.ftrl_l2,
+        )
+
+    train = train_op_lib.build_train_op(
+        deploy_config, clones, optimizer, global_step=global_step,
+        variables_to_train=train_op_lib.get_variables_to_train(opts.trainable_scopes),
+        clip_gradient_norm=opts.clip_gradient_norm, moving_average_decay=opts.moving_average_decay,
+    )
+
+    summaries.add_loss_summaries(train.total_loss, clones)
+    summaries.add_learning_rate_summary(learning_rate)
+    end_points = {k: v for k, v in first_clone.outputs.items() if not k.startswith("_")}
+    if opts.summarize_activations:
+        summaries.add_activation_summaries(end_points)
+    if opts.summarize_variables:
+        summaries.add_variable_summaries(slim.get_model_variables())
+    batch = first_clone.outputs["_batch"]
+    if opts.num_summary_images > 0:
+        with tf1.device(deploy_config.inputs_device()):
+            visualization.ground_truth_image_summary(
+                batch["image"], batch["boxes"], batch["labels"], spec.labels_to_names,
+                max_images=opts.num_summary_images, name="training_images")
+
+    loss_terms = {name.split("/", 1)[-1] if deploy_config.num_clones == 1 else name: tensor
+                  for name, tensor in _loss_terms_of(first_clone, deploy_config.num_clones).items()}
+    return types.SimpleNamespace(
+        net=net, deploy_config=deploy_config, global_step=global_step, clones=clones, train=train,
+        learning_rate=learning_rate, optimizer=optimizer, iterator=iterator, loss_terms=loss_terms,
+    )
+
+
+def _loss_terms_of(clone, num_clones):
+    """The first clone's multibox loss terms by name, for the log line."""
+    terms = {}
+    for loss in tf1.losses.get_losses(scope=clone.scope):
+        name = loss.op.name
+        if clone.scope and name.startswith(clone.scope):
+            name = name[len(clone.scope):]
+        terms[name.strip("/")] = loss
+    return terms
+
+
+def effective_configuration(opts, spec, net, deploy_config, data_seed):
+    return {
+        "flags": {name: getattr(opts, name) for name in _FLAG_NAMES},
+        "network": {k: (list(v) if isinstance(v, tuple) else v) for k, v in net.params._asdict().items()},
+        "num_anchors": net.num_anchors,
+        "deployment": repr(deploy_config),
+        "data_seed": data_seed,
+        "dataset": {"dir": spec.dataset_dir, "split": spec.split_name, "num_samples": spec.num_samples,
+                    "num_classes": spec.num_classes, "labels": {str(k): v for k, v in spec.labels_to_names.items()},
+                    "info": spec.info},
+    }
+
+
+def write_configuration(train_dir, config):
+    tf.io.gfile.makedirs(train_dir)
+    path = os.path.join(train_dir, CONFIG_FILE)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(config, indent=2, sort_keys=True, default=str))
+    return path
+
+
+def train(opts):
+    """Runs training as the flags in ``opts`` say; returns the final total loss."""
+    if opts.clone_on_cpu and opts.num_clones > 1:
+        devices.split_cpu_into_logical_devices(opts.num_clones)
+    deploy_config = model_deploy.DeploymentConfig(num_clones=opts.num_clones, clone_on_cpu=opts.clone_on_cpu)
+    spec = resolve_dataset(opts)
+    start_step = starting_global_step(opts.train_dir)
+    # A resumed run must not replay the first run's data order and augmentations.
+    data_seed = opts.seed if start_step == 0 else (opts.seed * 1_000_003 + start_step) % 2**31
+
+    graph = tf.Graph()
+    with graph.as_default():
+        parts = build_training_graph(opts, spec, deploy_config, data_seed)
+        config = effective_configuration(opts, spec, parts.net, deploy_config, data_seed)
+        path = write_configuration(opts.train_dir, config)
+        logging.info("Training %s on %s/%s (%d images, %d classes incl. background), %d clone(s) x batch %d, "
+                     "%d anchors; configuration in %s", parts.net.name, spec.name, spec.split_name, spec.num_samples,
+                     spec.num_classes, deploy_config.num_clones, opts.batch_size, parts.net.num_anchors, path)
+        init_fn = checkpoint_init.get_init_fn(
+            opts.train_dir, opts.checkpoint_path, checkpoint_exclude_scopes=opts.checkpoint_exclude_scopes,
+            checkpoint_model_scope=opts.checkpoint_model_scope, model_scope=parts.net.name,
+            ignore_missing_vars=opts.ignore_missing_vars,
+        )
+        saver = tf1.train.Saver(max_to_keep=opts.max_to_keep,
+                                keep_checkpoint_every_n_hours=opts.keep_checkpoint_every_n_hours,
+                                write_version=tf1.train.SaverDef.V2)
+        train_step_fn = train_op_lib.make_train_step_fn(
+            tensors_to_log={"learning_rate": parts.learning_rate, **parts.loss_terms},
+            images_per_step=opts.batch_size * deploy_config.num_clones,
+        )
+        return slim.learning.train(
+            parts.train.train_tensor, logdir=opts.train_dir, init_fn=init_fn, train_step_fn=train_step_fn,
+            number_of_steps=opts.max_number_of_steps, log_every_n_steps=opts.log_every_n_steps,
+            save_summaries_secs=opts.save_summaries_secs, save_interval_secs=opts.save_interval_secs, saver=saver,
+            session_config=devices.session_config(opts.gpu_memory_fraction, opts.allow_growth),
+        )
+
+
+def main(argv=None):
+    def run(unused_argv):
+        tf1.disable_eager_execution()
+        logging.set_verbosity(logging.INFO)
+        try:
+            train(options_from_flags())
+        except train_op_lib.NonFiniteLossError as error:
+            logging.error("%s", error)
+            return 1
+        except (dataset_factory.DatasetError, FileNotFoundError, ValueError) as error:
+            logging.error("%s", error)
+            return 2
+        return 0
+
+    app.run(lambda argv: sys.exit(run(argv)), argv=argv)
+
+
+if __name__ == "__main__":
+    main()
