@@ -172,7 +172,8 @@ def record_reference(checkpoint_path, path=REFERENCE_FILE):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m checkpoints.vgg16_imagenet_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m checkpoints.vgg16_imagenet_check",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint_path", required=True, help="vgg_16 checkpoint prefix (or its directory)")
     parser.add_argument("--record", action="store_true", help=f"rewrite {REFERENCE_FILE} from this checkpoint")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -17,11 +17,11 @@ import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-from tf_slim.nets import vgg
 
 from checkpoints import convert_keras_vgg16, keras_vgg16
 from checkpoints.vgg16_imagenet_check import vgg16_conv_base
 from tf_compat import tf1
+from tf_slim.nets import vgg  # noqa: E402  TF-Slim's own vgg_16 (the layout promised), after tf_compat's fixes
 
 CONV_NAMES = list(keras_vgg16.CONV_LAYERS)
 NOTOP_IMAGE_SIZE = 64
@@ -287,8 +287,8 @@ def test_wrong_kernel_shape_is_named_with_layer_and_shapes(tmp_path):
     weights["block2_conv1"] = (np.zeros((3, 3, 64, 64), np.float32), np.zeros(64, np.float32))
     path = tmp_path / "wrong.h5"
     _write_legacy_h5(path, weights, naming="keras1", layer_order=list(weights))
-    with pytest.raises(keras_vgg16.KerasWeightsError,
-                       match=r"wrong\.h5: layer 'block2_conv1' kernel has shape \[3, 3, 64, 64\], expected \[3, 3, 64, 128\]"):
+    expected = r"wrong\.h5: layer 'block2_conv1' kernel has shape \[3, 3, 64, 64\], expected \[3, 3, 64, 128\]"
+    with pytest.raises(keras_vgg16.KerasWeightsError, match=expected):
         keras_vgg16.convert(path, tmp_path / "out.ckpt")
 
 
