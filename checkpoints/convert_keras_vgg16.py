@@ -1,0 +1,60 @@
+"""Converts Keras' VGG-16 ImageNet weights into a TF-Slim ``vgg_16`` checkpoint for SSD training.
+
+    python -m checkpoints.convert_keras_vgg16 \\
+        --keras_weights=vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 \\
+        --output=ckpt/pre_trained/vgg_16.ckpt
+
+then train with ``--checkpoint_path=ckpt/pre_trained --checkpoint_model_scope=vgg_16
+--ignore_missing_vars``.
+The file with the dense layers (``vgg16_weights_tf_dim_ordering_tf_kernels.h5``) also gives
+fc6/fc7/fc8 and SSD's reduced conv6/conv7. After writing, the checkpoint is read back and
+its variable count, parameter count and a few names are printed.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import logging  # noqa: E402
+
+from checkpoints import keras_vgg16  # noqa: E402
+
+DEFAULT_OUTPUT = os.path.join("ckpt", "pre_trained", "vgg_16.ckpt")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m checkpoints.convert_keras_vgg16",
+        description="Keras VGG-16 weights (.h5) -> TF-Slim vgg_16 checkpoint (RGB input, HWIO kernels).",
+    )
+    parser.add_argument("--keras_weights", required=True,
+                        help="Keras VGG-16 weights file, e.g. vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 "
+                             "(from ~/.keras/models after keras.applications.VGG16(weights='imagenet'))")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT,
+                        help="checkpoint prefix to write (default: %(default)s); the directory's 'checkpoint' "
+                             "file is pointed at it so the directory works as --checkpoint_path")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.info("converting %s -> %s", args.keras_weights, args.output)
+    try:
+        summary = keras_vgg16.convert(args.keras_weights, args.output)
+    except keras_vgg16.KerasWeightsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(summary.describe())
+    has_reduced = f"{keras_vgg16.CHECKPOINT_SCOPE}/conv6/weights" in summary.shapes
+    print("includes SSD's reduced conv6/conv7" if has_reduced
+          else "no dense layers in the file: conv6/conv7 will start from their initialisers")
+    # SSD's extra blocks and box heads are never in a vgg_16 checkpoint, hence --ignore_missing_vars.
+    print(f"train with: --checkpoint_path={os.path.dirname(summary.path)} "
+          f"--checkpoint_model_scope={keras_vgg16.CHECKPOINT_SCOPE} --ignore_missing_vars")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
