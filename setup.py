@@ -28,9 +28,18 @@ setup(
         "absl-py>=2.1",
         # COCO AP@[.5:.95] and the small/medium/large breakdown, computed by the reference code itself.
         "pycocotools>=2.0.7",
+        # Reads Keras' VGG-16 weights files (checkpoints/keras_vgg16.py); TensorFlow pulls it in too.
+        "h5py>=3.10",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100"],
     },
-    entry_points={"console_scripts": [f"{name}={target}" for name, target in SCRIPTS.items()]},
+    package_data={"checkpoints": ["*.json", "README.md"]},
+    entry_points={
+        "console_scripts": [f"{name}={target}" for name, target in SCRIPTS.items()]
+        + [
+            "ssd_convert_keras_vgg16=checkpoints.convert_keras_vgg16:main",
+            "ssd_check_vgg16_imagenet=checkpoints.vgg16_imagenet_check:main",
+        ]
+    },
 )
