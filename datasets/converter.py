@@ -109,7 +109,8 @@ def _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split
         key = os.path.realpath(item.annotation_path)
         if key in seen_annotations:
             problems.append(report.Problem(item.annotation_path, "id", report.SKIPPED_IMAGE, "duplicate id",
-                                           f"{item.source_id} appears more than once in split '{item.split}'"))
+                                           f"{item.source_id}: this annotation is already in split '{item.split}' "
+                                           "(its id is listed twice, or its root is given twice)"))
             continue
         seen_annotations.add(key)
         if error is not None:
