@@ -347,3 +347,19 @@ def test_an_image_in_two_splits_is_kept_in_both_with_a_warning(tmp_path):
     result = converter.convert([root], str(tmp_path / "out"), "leak", converter.ConversionOptions())
     assert result.num_images == 5
     assert [(p.action, p.reason) for p in result.problems] == [(report.WARNING, "image in several splits")]
+
+
+def test_the_script_runs_from_anywhere_and_prints_the_summary(tmp_path):
+    import subprocess
+    import sys
+
+    root = sample_data.generate_voc_sample(str(tmp_path / "voc"), num_images=6, image_size=48, seed=6)
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tf_convert_data.py")
+    completed = subprocess.run(
+        [sys.executable, script, f"--dataset_dir={root}", f"--output_dir={tmp_path / 'out'}", "--output_name=tiny",
+         "--num_workers=2"],
+        capture_output=True, text=True, cwd=str(tmp_path), timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "dataset 'tiny': 6 images" in completed.stderr and "images/s" in completed.stderr
+    assert (tmp_path / "out" / converter.DATASET_INFO).is_file()
