@@ -27,8 +27,8 @@ from absl import logging
 
 from datasets import conversion_report as report
 from datasets import image_checks, label_map, sources, tfrecord_schema, voc_xml
+from datasets.dataset_factory import DATASET_INFO
 
-DATASET_INFO = "dataset_info.json"
 IMAGES_PER_SHARD = 1024
 PROGRESS_EVERY_S = 5.0
 UNKNOWN_CLASS_POLICIES = ("skip", "error")
@@ -103,6 +103,7 @@ class _Pending:
 
 
 def _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split):
+    labels = sources.root_labels(roots)
     pending = []
     seen_annotations = set()
     for item, (annotation, error) in zip(items, parsed):
@@ -130,7 +131,7 @@ def _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split
             continue
         seen_images_by_split[item.split][image_key] = item.annotation_path
         root = roots[item.root_index]
-        record_filename = os.path.join(sources.root_labels(roots)[item.root_index], os.path.relpath(image_path, root))
+        record_filename = os.path.join(labels[item.root_index], os.path.relpath(image_path, root))
         pending.append(_Pending(item, annotation, image_path, record_filename.replace(os.sep, "/")))
     return pending
 
@@ -214,7 +215,7 @@ def _convert_image_task(task):
         problems += [report.Problem(pending.image_path, field, report.FIXED if field == "image" else report.WARNING,
                                     "image re-encoded" if field == "image" else "EXIF orientation ignored", message)
                      for field, message in image.notes]
-        if annotated_size and annotated_size != (image.width, image.height) and not any(f == "exif/orientation" for f, _ in image.notes):
+        if annotated_size and annotated_size != (image.width, image.height):
             problems.append(report.Problem(path, "size", report.FIXED, "size from image",
                                            f"XML says {annotated_size[0]}x{annotated_size[1]}, the image is "
                                            f"{image.width}x{image.height}; using the image"))
@@ -244,8 +245,8 @@ def _convert_image_task(task):
 
 
 class _Progress:
-    def __init__(self, what, total):
-        self.what, self.total, self.done = what, total, 0
+    def __init__(self, what, total, log):
+        self.what, self.total, self.done, self.log = what, total, 0, log
         self.start = self.last = time.monotonic()
 
     def step(self):
@@ -255,7 +256,7 @@ class _Progress:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            logging.info("%s: %d/%d images (%.1f images/s, ETA %.0f s)", self.what, self.done, self.total, rate, eta)
+            self.log("%s: %d/%d images (%.1f images/s, ETA %.0f s)", self.what, self.done, self.total, rate, eta)
 
 
 def _map(pool, function, tasks, chunksize):
@@ -270,7 +271,7 @@ def _pool_context():
     return multiprocessing.get_context("fork" if "fork" in methods else None)
 
 
-def _write_split(pool, name, split, pending, class_ids, names_by_id, options, temp_dir, problems):
+def _write_split(pool, name, split, pending, class_ids, names_by_id, options, temp_dir, problems, log):
     ordered = list(pending)
     random.Random(f"{options.shuffle_seed}/{split}").shuffle(ordered)
     num_shards = options.num_shards or math.ceil(len(ordered) / IMAGES_PER_SHARD)
@@ -279,7 +280,7 @@ def _write_split(pool, name, split, pending, class_ids, names_by_id, options, te
     writers = [tf.io.TFRecordWriter(os.path.join(temp_dir, f)) for f in files]
     objects_per_class = {names_by_id[i]: 0 for i in sorted(names_by_id)}
     written = num_objects = num_difficult = without_objects = 0
-    progress = _Progress(f"{name}/{split}", len(ordered))
+    progress = _Progress(f"{name}/{split}", len(ordered), log)
     try:
         tasks = ((p, class_ids) for p in ordered)
         for serialized, image_problems, stats in _map(pool, _convert_image_task, tasks, chunksize=4):
@@ -338,9 +339,13 @@ def _publish(temp_dir, output_dir, name, info, names_by_id, problems):
     os.replace(info_tmp, os.path.join(output_dir, DATASET_INFO))
 
 
-def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionOptions()):
-    """Converts the dataset roots into `output_dir`; returns a ConversionResult. Raises ConversionError,
-    sources.SourceError for unusable arguments (nothing is written then)."""
+def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionOptions(), quiet=False):
+    """Converts the dataset roots into `output_dir`; returns a ConversionResult.
+
+    Raises ConversionError or sources.SourceError for unusable arguments (nothing is written then).
+    `quiet` logs progress and the summary at debug level (problems are still warnings).
+    """
+    log = logging.debug if quiet else logging.info
     if options.unknown_class not in UNKNOWN_CLASS_POLICIES:
         raise ConversionError(f"unknown_class must be one of {UNKNOWN_CLASS_POLICIES}, got {options.unknown_class!r}")
     if not output_name or any(c in output_name for c in "/\\*?[]") or output_name.startswith("."):
@@ -364,7 +369,7 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
         names_by_id, class_ids = _class_ids(pending_by_split, options, problems)
         split_infos = {
             split: _write_split(pool, output_name, split, pending_by_split[split], class_ids, names_by_id, options,
-                                temp_dir, problems)
+                                temp_dir, problems, log)
             for split in splits
         }
         info = {
@@ -393,7 +398,7 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
         if problem.action in (report.SKIPPED_IMAGE, report.DROPPED_OBJECT):
             logging.warning("%s", problem.line())
     for line in report.summary_lines(info, problems):
-        logging.info("%s", line)
-    logging.info("wrote %d images to %s in %.1f s (%.1f images/s); report in %s", info["num_images"], output_dir,
+        log("%s", line)
+    log("wrote %d images to %s in %.1f s (%.1f images/s); report in %s", info["num_images"], output_dir,
                  elapsed, info["num_images"] / max(elapsed, 1e-9), os.path.join(output_dir, report.REPORT_TEXT))
     return ConversionResult(output_dir, info, problems)

@@ -8,7 +8,6 @@ description must also list the 20 VOC classes, so that class ids match SSD-Tenso
 """
 
 import dataclasses
-import glob
 import json
 import os
 
@@ -51,15 +50,15 @@ class DatasetSpec:
 
 def read_dataset_info(dataset_dir):
     path = os.path.join(dataset_dir, DATASET_INFO)
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
         raise DatasetError(
             f"{dataset_dir} has no {DATASET_INFO}: it is not a converted dataset "
             f"(run tf_convert_data.py --dataset_dir=<VOC or labelImg folder> --output_dir={dataset_dir})"
         )
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as err:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError, tf.errors.OpError) as err:
         raise DatasetError(f"{path}: cannot read the dataset description ({err})") from None
 
 
@@ -84,7 +83,7 @@ def get_dataset(name, split_name, dataset_dir):
     if not split["num_images"]:
         raise DatasetError(f"{dataset_dir}: split '{split_name}' of '{held}' has no images")
     files = tuple(os.path.join(dataset_dir, f) for f in split["files"])
-    missing = [f for f in files if not os.path.isfile(f)]
+    missing = [f for f in files if not tf.io.gfile.exists(f)]
     if missing:
         raise DatasetError(f"{dataset_dir}: split '{split_name}' is missing {len(missing)} shard files, first {missing[0]}")
     classes.setdefault(label_map.BACKGROUND_ID, label_map.BACKGROUND_NAME)
@@ -118,7 +117,7 @@ def build_dataset(
     Evaluation: every example once (or `repeat` times), in shard order. With a seed the order is
     reproducible. Build it under the caller's device scope (the CPU for the trainer).
     """
-    files = sorted(spec.files) or sorted(glob.glob(spec.file_pattern))
+    files = sorted(spec.files) or sorted(tf.io.gfile.glob(spec.file_pattern))
     if not files:
         raise DatasetError(f"{spec.dataset_dir}: no shard files match {spec.file_pattern}")
     if is_training:

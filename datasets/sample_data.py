@@ -173,7 +173,7 @@ def ensure_sample_dataset(cache_dir=None, num_images=200, image_size=(128, 256),
         voc_dir = generate_voc_sample(os.path.join(work_dir, "voc"), num_images, (low, high), seed)
         converted_dir = os.path.join(work_dir, "converted")
         options = converter.ConversionOptions(splits=SPLITS, num_workers=num_workers, shuffle_seed=seed)
-        converter.convert([voc_dir], converted_dir, OUTPUT_NAME, options)
+        converter.convert([voc_dir], converted_dir, OUTPUT_NAME, options, quiet=True)
         try:
             os.rename(converted_dir, final_dir)
         except OSError:

@@ -46,7 +46,6 @@ class ObjectAnnotation:
 @dataclasses.dataclass
 class Annotation:
     filename: str | None  # <filename> as written, may be None
-    path: str | None  # <path> as written (labelImg writes the absolute path on the annotator's machine)
     width: int | None
     height: int | None
     objects: list
@@ -173,7 +172,6 @@ def parse_annotation(data):
         )
     return Annotation(
         filename=_text(root, "filename"),
-        path=_text(root, "path"),
         width=width,
         height=height,
         objects=objects,
