@@ -31,6 +31,7 @@ from datasets.dataset_factory import DATASET_INFO
 
 IMAGES_PER_SHARD = 1024
 PROGRESS_EVERY_S = 5.0
+MAX_LOGGED_LOSSES = 50  # skipped images / dropped objects logged one per line; the rest are in the report
 UNKNOWN_CLASS_POLICIES = ("skip", "error")
 
 
@@ -147,7 +148,7 @@ def _check_cross_split_overlap(seen_images_by_split, problems):
                 first_split_of[image_key] = split
 
 
-def _class_ids(pending_by_split, options, problems):
+def _class_ids(pending_by_split, options):
     """{name: id} from the label map or the data; enforces the unknown-class policy."""
     if options.label_map_path:
         try:
@@ -366,7 +367,7 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
             parsed = list(_map(pool, _parse_annotation_task, (item.annotation_path for item in items), chunksize=16))
             pending_by_split[split] = _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split)
         _check_cross_split_overlap(seen_images_by_split, problems)
-        names_by_id, class_ids = _class_ids(pending_by_split, options, problems)
+        names_by_id, class_ids = _class_ids(pending_by_split, options)
         split_infos = {
             split: _write_split(pool, output_name, split, pending_by_split[split], class_ids, names_by_id, options,
                                 temp_dir, problems, log)
@@ -394,11 +395,14 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
             pool.join()
         shutil.rmtree(temp_dir, ignore_errors=True)
     elapsed = time.monotonic() - start
-    for problem in problems:
-        if problem.action in (report.SKIPPED_IMAGE, report.DROPPED_OBJECT):
-            logging.warning("%s", problem.line())
+    losses = [p for p in problems if p.action in (report.SKIPPED_IMAGE, report.DROPPED_OBJECT)]
+    for problem in losses[:MAX_LOGGED_LOSSES]:
+        logging.warning("%s", problem.line())
+    if len(losses) > MAX_LOGGED_LOSSES:
+        logging.warning("... and %d more skipped images or dropped objects, listed in %s", len(losses) - MAX_LOGGED_LOSSES,
+                        os.path.join(output_dir, report.REPORT_TEXT))
     for line in report.summary_lines(info, problems):
         log("%s", line)
-    log("wrote %d images to %s in %.1f s (%.1f images/s); report in %s", info["num_images"], output_dir,
-                 elapsed, info["num_images"] / max(elapsed, 1e-9), os.path.join(output_dir, report.REPORT_TEXT))
+    log("wrote %d images to %s in %.1f s (%.1f images/s); report in %s", info["num_images"], output_dir, elapsed,
+        info["num_images"] / max(elapsed, 1e-9), os.path.join(output_dir, report.REPORT_TEXT))
     return ConversionResult(output_dir, info, problems)
