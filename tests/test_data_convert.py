@@ -3,15 +3,20 @@
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import tf_convert_data
 from datasets import conversion_report as report
-from datasets import converter, sample_data
+from datasets import converter, sample_data, voc_xml
 
 from test_data_voc_xml import BILLION_LAUGHS, external_entity_xml
 
@@ -272,8 +277,6 @@ def test_merged_voc_roots_and_balanced_reproducible_shards(tmp_path, read_split)
     assert [p.reason for p in result.problems] == ["split missing"]
     shards = result.info["splits"]["trainval"]["files"]
     assert shards == [f"pascal_like_trainval-{i:05d}-of-00004.tfrecord" for i in range(4)]
-    import tensorflow as tf
-
     counts = [sum(1 for _ in tf.compat.v1.io.tf_record_iterator(str(tmp_path / "out" / s))) for s in shards]
     assert sorted(counts) == [5, 5, 5, 5]
     _, examples = read_split(tmp_path / "out", "trainval")
@@ -350,9 +353,6 @@ def test_an_image_in_two_splits_is_kept_in_both_with_a_warning(tmp_path):
 
 
 def test_the_script_runs_from_anywhere_and_prints_the_summary(tmp_path):
-    import subprocess
-    import sys
-
     root = sample_data.generate_voc_sample(str(tmp_path / "voc"), num_images=6, image_size=48, seed=6)
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tf_convert_data.py")
     completed = subprocess.run(
@@ -363,3 +363,26 @@ def test_the_script_runs_from_anywhere_and_prints_the_summary(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert "dataset 'tiny': 6 images" in completed.stderr and "images/s" in completed.stderr
     assert (tmp_path / "out" / converter.DATASET_INFO).is_file()
+
+
+# ----------------------------------------------------------------------------- box rule, against a reference
+
+_coordinate = st.floats(min_value=-300, max_value=900, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(box=st.tuples(_coordinate, _coordinate, _coordinate, _coordinate),
+       size=st.tuples(st.integers(1, 640), st.integers(1, 640)))
+def test_clip_and_normalize_matches_a_numpy_reference(box, size):
+    width, height = size
+    obj = voc_xml.ObjectAnnotation(0, "dog", *box, difficult=0, truncated=0, problems=[])
+    kept, problems = converter.clip_and_normalize(obj, width, height, {"dog": 1}, "a.xml")
+    xmin, ymin, xmax, ymax = np.clip(box, 0, [width, height, width, height])
+    if xmax <= xmin or ymax <= ymin:
+        assert kept is None and [p.reason for p in problems] == ["zero-area box"]
+        return
+    relative, class_id = kept
+    np.testing.assert_allclose(relative, [ymin / height, xmin / width, ymax / height, xmax / width], rtol=0, atol=1e-12)
+    assert class_id == 1 and all(0.0 <= v <= 1.0 for v in relative)
+    was_clipped = not np.array_equal([xmin, ymin, xmax, ymax], box)
+    assert [p.reason for p in problems] == (["box outside image"] if was_clipped else [])
