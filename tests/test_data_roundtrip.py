@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from datasets import converter, sample_data
@@ -92,3 +93,10 @@ def test_bccd_round_trips_and_drops_its_two_degenerate_boxes(bccd_dir, tmp_path,
     assert result.info["num_images"] == 364
     assert result.info["num_objects"] == 4155 + 372 + 361 - 2
     assert open(os.path.join(tmp_path / "bccd", "labels.txt")).read() == "0:none\n1:Platelets\n2:RBC\n3:WBC\n"
+    shard = os.path.join(tmp_path / "bccd", result.info["splits"]["test"]["files"][0])
+    for record in list(tf.compat.v1.io.tf_record_iterator(shard))[:5]:  # JPEG files are stored byte for byte
+        features = tf.train.Example.FromString(record).features.feature
+        filename = features["image/filename"].bytes_list.value[0].decode()
+        assert filename.startswith("BCCD/JPEGImages/")
+        original = open(os.path.join(bccd_dir, filename.split("/", 1)[1]), "rb").read()
+        assert features["image/encoded"].bytes_list.value[0] == original
