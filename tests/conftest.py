@@ -37,3 +37,36 @@ def vgg16_checkpoint():
     if not pathlib.Path(str(VGG16_CKPT) + ".index").is_file():
         pytest.skip(f"shared VGG-16 checkpoint not found at {VGG16_CKPT}")
     return str(VGG16_CKPT)
+
+
+# ----------------------------------------------------------------------------- data path fixtures
+
+
+@pytest.fixture(scope="session")
+def sample_dataset_dir(tmp_path_factory):
+    """A converted built-in sample dataset (40 synthetic images, trainval/test) in a temporary folder."""
+    from datasets import sample_data
+
+    return sample_data.ensure_sample_dataset(cache_dir=str(tmp_path_factory.mktemp("sample_cache")), num_images=40)
+
+
+def _read_split(dataset_dir, split_name, name=None):
+    from datasets import dataset_factory
+
+    spec = dataset_factory.get_dataset(name, split_name, str(dataset_dir))
+    with tf.Graph().as_default():
+        dataset = dataset_factory.build_dataset(spec, is_training=False)
+        next_example = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+        examples = []
+        with tf.compat.v1.Session() as session:
+            while True:
+                try:
+                    examples.append(session.run(next_example))
+                except tf.errors.OutOfRangeError:
+                    return spec, examples
+
+
+@pytest.fixture
+def read_split():
+    """read_split(dataset_dir, split_name) -> (DatasetSpec, [example dicts as numpy]) via the eval pipeline."""
+    return _read_split

@@ -1,0 +1,139 @@
+"""Converted datasets by name, and the tf.data pipeline the trainer and evaluator share.
+
+Every converted dataset describes itself in `dataset_info.json` (written by tf_convert_data.py),
+so any of them is opened with `get_dataset(name, split, dataset_dir)` without a hand-written
+module. The names SSD-Tensorflow users know (`pascalvoc_2007`, `pascalvoc_2012`,
+`pascalvoc_0712`) are the output names to give the converter for those datasets; for them the
+description must also list the 20 VOC classes, so that class ids match SSD-Tensorflow's.
+"""
+
+import dataclasses
+import json
+import os
+
+import tensorflow as tf
+
+from datasets import label_map, tfrecord_schema
+
+DATASET_INFO = "dataset_info.json"
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+# name -> the classes the description must hold (ids 1.. in this order).
+NAMED_DATASETS = {
+    "pascalvoc_2007": VOC_CLASSES,
+    "pascalvoc_2012": VOC_CLASSES,
+    "pascalvoc_0712": VOC_CLASSES,
+}
+
+
+class DatasetError(ValueError):
+    """A converted dataset or one of its splits cannot be found or read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    split_name: str
+    dataset_dir: str
+    file_pattern: str  # glob of the split's shards
+    files: tuple  # the shards, as listed in the description
+    num_samples: int  # images in the split
+    num_objects: int
+    num_classes: int  # object classes + 1 (background)
+    labels_to_names: dict  # {0: 'none', 1: ..., ...}
+    info: dict  # the parsed dataset_info.json
+
+
+def read_dataset_info(dataset_dir):
+    path = os.path.join(dataset_dir, DATASET_INFO)
+    if not tf.io.gfile.exists(path):
+        raise DatasetError(
+            f"{dataset_dir} has no {DATASET_INFO}: it is not a converted dataset "
+            f"(run tf_convert_data.py --dataset_dir=<VOC or labelImg folder> --output_dir={dataset_dir})"
+        )
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError, tf.errors.OpError) as err:
+        raise DatasetError(f"{path}: cannot read the dataset description ({err})") from None
+
+
+def get_dataset(name, split_name, dataset_dir):
+    """The DatasetSpec of `split_name` in the converted dataset at `dataset_dir`.
+
+    `name` is the converter's output name (or None/'' for whatever the directory holds).
+    """
+    info = read_dataset_info(dataset_dir)
+    held = info.get("name")
+    if name and name != held:
+        raise DatasetError(f"{dataset_dir} holds dataset '{held}', not '{name}' (pass --dataset_name={held})")
+    classes = {int(class_id): class_name for class_id, class_name in info["classes"].items()}
+    expected = NAMED_DATASETS.get(held)
+    if expected is not None and tuple(classes[i] for i in sorted(classes) if i) != expected:
+        raise DatasetError(f"{dataset_dir}: '{held}' must have the 20 VOC classes in order, found "
+                           f"{[classes[i] for i in sorted(classes) if i]}")
+    splits = info.get("splits", {})
+    if split_name not in splits:
+        raise DatasetError(f"{dataset_dir}: dataset '{held}' has no split '{split_name}' (it has {sorted(splits)})")
+    split = splits[split_name]
+    if not split["num_images"]:
+        raise DatasetError(f"{dataset_dir}: split '{split_name}' of '{held}' has no images")
+    files = tuple(os.path.join(dataset_dir, f) for f in split["files"])
+    missing = [f for f in files if not tf.io.gfile.exists(f)]
+    if missing:
+        raise DatasetError(f"{dataset_dir}: split '{split_name}' is missing {len(missing)} shard files, first {missing[0]}")
+    classes.setdefault(label_map.BACKGROUND_ID, label_map.BACKGROUND_NAME)
+    return DatasetSpec(
+        name=held,
+        split_name=split_name,
+        dataset_dir=dataset_dir,
+        file_pattern=os.path.join(dataset_dir, split["file_pattern"]),
+        files=files,
+        num_samples=int(split["num_images"]),
+        num_objects=int(split["num_objects"]),
+        num_classes=int(info["num_classes"]),
+        labels_to_names=dict(sorted(classes.items())),
+        info=info,
+    )
+
+
+def build_dataset(
+    spec,
+    is_training,
+    seed=None,
+    num_readers=4,
+    num_parallel_calls=tf.data.AUTOTUNE,
+    shuffle_buffer_size=2048,
+    repeat=None,
+):
+    """tf.data.Dataset of parsed examples (dicts from `tfrecord_schema.parse_example`), unbatched.
+
+    Training: shard order shuffled, shards read `num_readers` at a time (interleaved, in parallel),
+    examples shuffled in a `shuffle_buffer_size` buffer, repeated `repeat` times (None: forever).
+    Evaluation: every example once (or `repeat` times), in shard order. With a seed the order is
+    reproducible. Build it under the caller's device scope (the CPU for the trainer).
+    """
+    files = sorted(spec.files) or sorted(tf.io.gfile.glob(spec.file_pattern))
+    if not files:
+        raise DatasetError(f"{spec.dataset_dir}: no shard files match {spec.file_pattern}")
+    if is_training:
+        dataset = tf.data.Dataset.from_tensor_slices(files)
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=max(1, min(num_readers, len(files))),
+            block_length=1,
+            num_parallel_calls=max(1, min(num_readers, len(files))),
+            deterministic=True,
+        )
+        dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.repeat(repeat)
+    else:
+        dataset = tf.data.TFRecordDataset(files)
+        if repeat is not None and repeat != 1:
+            dataset = dataset.repeat(repeat)
+    return dataset.map(tfrecord_schema.parse_example, num_parallel_calls=num_parallel_calls, deterministic=True)

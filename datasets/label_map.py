@@ -1,0 +1,68 @@
+"""Label maps in TF-Slim's `labels.txt` format: one `id:name` per line, 0 is the background."""
+
+BACKGROUND_ID = 0
+BACKGROUND_NAME = "none"  # SSD-Tensorflow's name for class 0
+LABELS_FILENAME = "labels.txt"
+
+
+class LabelMapError(ValueError):
+    """The label map file is malformed."""
+
+
+def read_label_map(path):
+    """Returns {class_id: name} for the object classes (ids >= 1) in `path`.
+
+    Lines are `id:name` (TF-Slim) or a bare `name` (ids then follow line order from 1).
+    A `0:<name>` line is accepted and ignored: id 0 is always the background. Blank lines
+    and lines starting with '#' are skipped.
+    """
+    names_by_id = {}
+    next_id = 1
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path}, line {number}"
+        head, sep, tail = line.partition(":")
+        if sep and head.strip().lstrip("-").isdigit():
+            class_id, name = int(head.strip()), tail.strip()
+        else:
+            class_id, name = next_id, line
+        if not name:
+            raise LabelMapError(f"{where}: empty class name")
+        if class_id == BACKGROUND_ID:
+            continue
+        if class_id < 0:
+            raise LabelMapError(f"{where}: negative class id {class_id}")
+        if class_id in names_by_id:
+            raise LabelMapError(f"{where}: class id {class_id} given twice")
+        if name in names_by_id.values():
+            raise LabelMapError(f"{where}: class name {name!r} given twice")
+        names_by_id[class_id] = name
+        next_id = class_id + 1
+    if not names_by_id:
+        raise LabelMapError(f"{path}: no object classes")
+    expected = set(range(1, len(names_by_id) + 1))
+    if set(names_by_id) != expected:
+        missing = sorted(expected - set(names_by_id))
+        raise LabelMapError(f"{path}: class ids must be 1..{len(names_by_id)} without gaps; missing {missing}")
+    return dict(sorted(names_by_id.items()))
+
+
+def label_map_from_names(names):
+    """Stable ids for class names found in the data: sorted, starting at 1."""
+    return {class_id: name for class_id, name in enumerate(sorted(set(names)), start=1)}
+
+
+def write_label_map(path, names_by_id):
+    """Writes `0:none` then `id:name` for each object class."""
+    lines = [f"{BACKGROUND_ID}:{BACKGROUND_NAME}"] + [f"{i}:{names_by_id[i]}" for i in sorted(names_by_id)]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def labels_to_names(names_by_id):
+    """{id: name} including the background at 0."""
+    return {BACKGROUND_ID: BACKGROUND_NAME, **names_by_id}

@@ -1,0 +1,178 @@
+"""Finds the annotated images of each split in dataset roots: Pascal VOC layout or labelImg folders.
+
+- VOC layout: `Annotations/<id>.xml`, `JPEGImages/<id>.<ext>`, `ImageSets/Main/<split>.txt`.
+  A root without a requested split's file contributes nothing to it (VOC2012 has no test split).
+- labelImg folders (anything else): every `*.xml` under the root, the image next to it or anywhere
+  under the root (by the XML's <filename>, else by the XML's name), extensions in any case. There are
+  no split files: the images are split by a seeded shuffle of their sorted paths, reproducibly.
+"""
+
+import dataclasses
+import os
+import random
+
+from datasets import conversion_report as report
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class SourceError(ValueError):
+    """A dataset root or split request cannot be used at all."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnotatedItem:
+    split: str
+    source_id: str  # '<root label>/<id>': unique across merged roots
+    annotation_path: str
+    root_index: int
+    id_stem: str  # the image id: the split-file entry (VOC) or the XML's name without extension
+
+
+def is_image_name(name):
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_voc_root(root):
+    return os.path.isdir(os.path.join(root, "Annotations")) and os.path.isdir(os.path.join(root, "ImageSets", "Main"))
+
+
+class ImageIndex:
+    """Image files under a folder, by stem, to find the image an annotation describes."""
+
+    def __init__(self, folder, recursive):
+        self.by_stem = {}
+        walker = os.walk(folder) if recursive else [(folder, [], _listdir(folder))]
+        for directory, subdirs, names in walker:
+            subdirs.sort()
+            for name in sorted(names):
+                if is_image_name(name):
+                    stem = os.path.splitext(name)[0]
+                    self.by_stem.setdefault(stem, []).append(os.path.join(directory, name))
+
+    def resolve(self, annotation_path, annotated_filename, id_stem):
+        """Returns the image path, or raises LookupError with the reason."""
+        wanted_name = os.path.basename(annotated_filename.replace("\\", "/")) if annotated_filename else None
+        stems = []
+        if wanted_name:
+            stems.append(os.path.splitext(wanted_name)[0] if is_image_name(wanted_name) else wanted_name)
+        stems.append(id_stem)
+        for stem in dict.fromkeys(stems):
+            candidates = self.by_stem.get(stem, [])
+            if len(candidates) == 1:
+                return candidates[0]
+            if not candidates:
+                continue
+            for prefer in (
+                lambda path: os.path.basename(path) == wanted_name,
+                lambda path: os.path.dirname(path) == os.path.dirname(annotation_path),
+            ):
+                chosen = [path for path in candidates if prefer(path)]
+                if len(chosen) == 1:
+                    return chosen[0]
+            raise LookupError(f"several images could be meant: {', '.join(candidates)}")
+        raise LookupError(f"no image file found for <filename> {annotated_filename!r} or id {id_stem!r}")
+
+
+def _listdir(folder):
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
+
+
+def root_labels(roots):
+    """Short names for the roots ('VOC2007', 'VOC2012', ...), made unique with a suffix."""
+    labels, seen = [], {}
+    for root in roots:
+        label = os.path.basename(os.path.normpath(root)) or "root"
+        seen[label] = seen.get(label, 0) + 1
+        labels.append(label if seen[label] == 1 else f"{label}-{seen[label]}")
+    return labels
+
+
+def _voc_split_items(root, root_index, label, split, problems):
+    split_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+    if not os.path.isfile(split_file):
+        return None
+    items = []
+    with open(split_file, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            image_id = tokens[0]
+            if "/" in image_id or "\\" in image_id or image_id in (".", ".."):
+                problems.append(report.Problem(split_file, f"line {number}", report.SKIPPED_IMAGE, "bad id",
+                                               f"{image_id!r} is not a plain image id"))
+                continue
+            items.append(AnnotatedItem(split, f"{label}/{image_id}", os.path.join(root, "Annotations", f"{image_id}.xml"),
+                                       root_index, image_id))
+    return items
+
+
+def _labelimg_items(root, root_index, label):
+    paths = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs.sort()
+        paths.extend(os.path.join(directory, name) for name in sorted(names) if name.lower().endswith(".xml"))
+    items = []
+    for path in paths:
+        relative = os.path.splitext(os.path.relpath(path, root))[0].replace(os.sep, "/")
+        items.append(AnnotatedItem("", f"{label}/{relative}", path, root_index, os.path.splitext(os.path.basename(path))[0]))
+    return items
+
+
+def seeded_split(items, splits, test_fraction, seed):
+    """Assigns items to splits: with two splits the last gets round(n * test_fraction) of them."""
+    ordered = sorted(items, key=lambda item: item.source_id)
+    if len(splits) == 1:
+        return {splits[0]: [dataclasses.replace(item, split=splits[0]) for item in ordered]}
+    if len(splits) != 2:
+        raise SourceError(f"folders without split files can be split in one or two parts, not {len(splits)}: {splits}")
+    if not 0.0 <= test_fraction <= 1.0:
+        raise SourceError(f"test fraction must be in [0, 1], got {test_fraction}")
+    random.Random(seed).shuffle(ordered)
+    num_test = int(round(len(ordered) * test_fraction))
+    chosen_test = {item.source_id for item in ordered[:num_test]}
+    by_split = {split: [] for split in splits}
+    for item in sorted(ordered, key=lambda item: item.source_id):
+        split = splits[1] if item.source_id in chosen_test else splits[0]
+        by_split[split].append(dataclasses.replace(item, split=split))
+    return by_split
+
+
+def discover(roots, splits, test_fraction=0.2, split_seed=0):
+    """Returns ({split: [AnnotatedItem]}, [ImageIndex per root], [Problem], {root: 'voc'|'labelimg'})."""
+    if not roots:
+        raise SourceError("no dataset directory given")
+    if not splits or len(set(splits)) != len(splits):
+        raise SourceError(f"splits must be distinct names, got {list(splits)}")
+    by_split = {split: [] for split in splits}
+    indexes, problems, layouts = [], [], {}
+    for root_index, (root, label) in enumerate(zip(roots, root_labels(roots))):
+        if not os.path.isdir(root):
+            raise SourceError(f"dataset directory {root} does not exist")
+        if is_voc_root(root):
+            layouts[root] = "voc"
+            indexes.append(ImageIndex(os.path.join(root, "JPEGImages"), recursive=False))
+            found_any = False
+            for split in splits:
+                items = _voc_split_items(root, root_index, label, split, problems)
+                if items is None:
+                    problems.append(report.Problem(root, f"ImageSets/Main/{split}.txt", report.WARNING, "split missing",
+                                                   f"no '{split}' split file in this root; it adds nothing to that split"))
+                    continue
+                found_any = True
+                by_split[split].extend(items)
+            if not found_any:
+                raise SourceError(f"{root}: none of the splits {list(splits)} has a file in ImageSets/Main")
+        else:
+            layouts[root] = "labelimg"
+            indexes.append(ImageIndex(root, recursive=True))
+            items = _labelimg_items(root, root_index, label)
+            if not items:
+                raise SourceError(f"{root}: no Pascal VOC layout (Annotations/, ImageSets/Main/) and no *.xml annotations")
+            for split, split_items in seeded_split(items, list(splits), test_fraction, split_seed).items():
+                by_split[split].extend(split_items)
+    return by_split, indexes, problems, layouts
