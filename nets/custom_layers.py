@@ -69,3 +69,56 @@ def channel_to_last(inputs, data_format="NHWC", scope=None):
         return inputs
     with tf.name_scope(scope or "channel_to_last"):
         return tf.transpose(inputs, [0, 2, 3, 1])
+
+
+@slim.add_arg_scope
+def conv2d(
+    inputs,
+    num_outputs,
+    kernel_size,
+    stride=1,
+    padding="SAME",
+    data_format="NHWC",
+    rate=1,
+    activation_fn=tf.nn.relu,
+    weights_initializer=None,
+    weights_regularizer=None,
+    biases_initializer=tf1.zeros_initializer(),
+    trainable=True,
+    reuse=None,
+    scope=None,
+):
+    """``slim.conv2d``'s behaviour and variable names (``<scope>/weights``, ``<scope>/biases``, model
+    variables, regulariser in REGULARIZATION_LOSSES), without the Keras layer underneath, which
+    makes building an SSD graph about twice as fast."""
+    axis = _channel_axis(data_format)
+    kernel = [kernel_size, kernel_size] if isinstance(kernel_size, int) else list(kernel_size)
+    with tf1.variable_scope(scope, "Conv", [inputs], reuse=reuse):
+        weights = slim.model_variable(
+            "weights",
+            shape=kernel + [inputs.shape[axis], num_outputs],
+            dtype=inputs.dtype.base_dtype,
+            initializer=weights_initializer or tf1.glorot_uniform_initializer(),
+            regularizer=weights_regularizer,
+            trainable=trainable,
+        )
+        outputs = tf.nn.convolution(
+            inputs, weights, strides=stride, padding=padding, data_format=data_format, dilations=rate
+        )
+        if biases_initializer is not None:
+            biases = slim.model_variable(
+                "biases", shape=[num_outputs], dtype=inputs.dtype.base_dtype, initializer=biases_initializer,
+                trainable=trainable,
+            )
+            outputs = tf.nn.bias_add(outputs, biases, data_format=data_format)
+        if activation_fn is not None:
+            outputs = activation_fn(outputs)
+        return outputs
+
+
+@slim.add_arg_scope
+def max_pool2d(inputs, kernel_size, stride=2, padding="SAME", data_format="NHWC", scope=None):
+    """``slim.max_pool2d`` without the Keras layer underneath."""
+    _channel_axis(data_format)
+    with tf.name_scope(scope or "MaxPool2D"):
+        return tf.nn.max_pool2d(inputs, kernel_size, stride, padding, data_format=data_format)

@@ -73,15 +73,15 @@ def vgg_base(inputs, end_points, is_training, dropout_keep_prob, dropout_seed=No
     """VGG-16 conv1..conv5, pool5 3x3/1, conv6 (dilated), conv7; fills end_points block1..block7."""
     net = inputs
     for index, (scope, repeats, channels) in enumerate(VGG16_BLOCKS, start=1):
-        net = slim.repeat(net, repeats, slim.conv2d, channels, [3, 3], scope=scope)
+        net = slim.repeat(net, repeats, custom_layers.conv2d, channels, [3, 3], scope=scope)
         end_points[f"block{index}"] = net
         if index < len(VGG16_BLOCKS):
-            net = slim.max_pool2d(net, [2, 2], scope=f"pool{index}")
-    net = slim.max_pool2d(net, [3, 3], stride=1, scope="pool5")
-    net = slim.conv2d(net, 1024, [3, 3], rate=6, scope="conv6")
+            net = custom_layers.max_pool2d(net, [2, 2], scope=f"pool{index}")
+    net = custom_layers.max_pool2d(net, [3, 3], stride=1, scope="pool5")
+    net = custom_layers.conv2d(net, 1024, [3, 3], rate=6, scope="conv6")
     end_points["block6"] = net
     net = _dropout(net, dropout_keep_prob, is_training, dropout_seed, "dropout6")
-    net = slim.conv2d(net, 1024, [1, 1], scope="conv7")
+    net = custom_layers.conv2d(net, 1024, [1, 1], scope="conv7")
     end_points["block7"] = net
     net = _dropout(net, dropout_keep_prob, is_training, dropout_seed, "dropout7")
     return net
@@ -91,13 +91,16 @@ def _dropout(net, keep_prob, is_training, seed, scope):
     if keep_prob >= 1.0:
         return net
     seed = None if seed is None else seed + (6 if scope == "dropout6" else 7)
-    return slim.dropout(net, keep_prob=keep_prob, is_training=is_training, seed=seed, scope=scope)
+    with tf.name_scope(scope):
+        return slim.utils.smart_cond(
+            is_training, lambda: tf.nn.dropout(net, rate=1.0 - keep_prob, seed=seed), lambda: tf.identity(net)
+        )
 
 
 def extra_blocks(net, blocks, end_points, data_format):
     for block in blocks:
         with tf.compat.v1.variable_scope(block.name):
-            net = slim.conv2d(net, block.bottleneck, [1, 1], scope="conv1x1")
+            net = custom_layers.conv2d(net, block.bottleneck, [1, 1], scope="conv1x1")
             conv_scope = f"conv{block.kernel}x{block.kernel}"
             if all(extra_block_keeps_valid(size, block) for size in _spatial(net, data_format)):
                 if block.pad:
@@ -105,7 +108,7 @@ def extra_blocks(net, blocks, end_points, data_format):
                 padding = "VALID"
             else:
                 padding = "SAME"
-            net = slim.conv2d(
+            net = custom_layers.conv2d(
                 net, block.channels, [block.kernel, block.kernel], stride=block.stride, padding=padding, scope=conv_scope
             )
         end_points[block.name] = net
@@ -120,9 +123,9 @@ def multibox_head(inputs, num_classes, sizes, ratios, normalization):
             net, scaling=True, scale_initializer=tf.compat.v1.constant_initializer(float(normalization))
         )
     num_anchors = len(sizes) + len(ratios)
-    loc = slim.conv2d(net, num_anchors * 4, [3, 3], activation_fn=None, scope="conv_loc")
+    loc = custom_layers.conv2d(net, num_anchors * 4, [3, 3], activation_fn=None, scope="conv_loc")
     loc = custom_layers.channel_to_last(loc)
-    cls = slim.conv2d(net, num_anchors * num_classes, [3, 3], activation_fn=None, scope="conv_cls")
+    cls = custom_layers.conv2d(net, num_anchors * num_classes, [3, 3], activation_fn=None, scope="conv_cls")
     cls = custom_layers.channel_to_last(cls)
     height, width = loc.shape.as_list()[1:3]
     batch = tf.shape(loc)[0]
@@ -156,7 +159,9 @@ def ssd_vgg_net(
             f"{tuple(params.img_shape)}; build it with get_network(..., img_shape=...)"
         )
     end_points = {}
-    with _data_format_scope(data_format), tf.compat.v1.variable_scope(scope, default_scope, [inputs], reuse=reuse):
+    # A fixed scope name (not a uniquified default) lets towers share variables with reuse=True.
+    variable_scope = tf.compat.v1.variable_scope(scope or default_scope, values=[inputs], reuse=reuse)
+    with _data_format_scope(data_format), variable_scope:
         net = vgg_base(inputs, end_points, is_training, dropout_keep_prob, dropout_seed)
         extra_blocks(net, blocks, end_points, data_format)
         predictions, localisations, logits = [], [], []
@@ -181,20 +186,21 @@ def ssd_vgg_net(
 
 
 def _data_format_scope(data_format):
-    layers = [slim.conv2d, slim.max_pool2d, custom_layers.pad2d, custom_layers.l2_normalization]
+    layers = [custom_layers.conv2d, custom_layers.max_pool2d, custom_layers.pad2d, custom_layers.l2_normalization]
     return slim.arg_scope(layers + [custom_layers.channel_to_last], data_format=data_format)
 
 
 def ssd_arg_scope(weight_decay=0.0005, data_format="NHWC"):
     """Weight decay on conv weights, Xavier init, ReLU, SAME padding, the data format everywhere."""
     with slim.arg_scope(
-        [slim.conv2d, slim.fully_connected],
+        [custom_layers.conv2d, slim.conv2d, slim.fully_connected],
         activation_fn=tf.nn.relu,
         weights_regularizer=slim.l2_regularizer(weight_decay),
         weights_initializer=tf.compat.v1.glorot_uniform_initializer(),
         biases_initializer=tf.compat.v1.zeros_initializer(),
     ):
-        with slim.arg_scope([slim.conv2d, slim.max_pool2d], padding="SAME", data_format=data_format):
+        convs_and_pools = [custom_layers.conv2d, custom_layers.max_pool2d, slim.conv2d, slim.max_pool2d]
+        with slim.arg_scope(convs_and_pools, padding="SAME", data_format=data_format):
             with slim.arg_scope(
                 [custom_layers.pad2d, custom_layers.l2_normalization, custom_layers.channel_to_last],
                 data_format=data_format,
