@@ -52,6 +52,19 @@ def subsample_fc7(weights, biases):
 _FC_SUBSAMPLERS = (("fc6", "conv6", subsample_fc6), ("fc7", "conv7", subsample_fc7))
 
 
+def fc_initial_values(reader, checkpoint_scope=CHECKPOINT_SCOPE):
+    """{"conv6/weights": array, "conv6/biases": ..., "conv7/...": ...} subsampled from the fc layers a
+    checkpoint reader holds (only the layers present)."""
+    available = reader.get_variable_to_shape_map()
+    values = {}
+    for fc, conv, subsample in _FC_SUBSAMPLERS:
+        names = [f"{checkpoint_scope}/{fc}/weights", f"{checkpoint_scope}/{fc}/biases"]
+        if all(name in available for name in names):
+            weights, biases = subsample(reader.get_tensor(names[0]), reader.get_tensor(names[1]))
+            values[f"{conv}/weights"], values[f"{conv}/biases"] = weights, biases
+    return values
+
+
 def vgg16_init_fn(checkpoint_path, model_scope="ssd_300_vgg", checkpoint_scope=CHECKPOINT_SCOPE, include_fc=True):
     """``init_fn(session)`` restoring the VGG-16 base of the graph's SSD from ``checkpoint_path``.
 
@@ -71,21 +84,18 @@ def vgg16_init_fn(checkpoint_path, model_scope="ssd_300_vgg", checkpoint_scope=C
         var_list[ckpt_name] = model_vars[model_name]
     saver = tf1.train.Saver(var_list=var_list)
 
+    fc_values = fc_initial_values(reader, checkpoint_scope) if include_fc else {}
+    if include_fc and len(fc_values) < 4:
+        logging.info("%s: no fc6/fc7 to initialise conv6/conv7 from; they keep their initialiser", checkpoint_path)
     fc_assignments = []
-    if include_fc:
-        for fc, conv, subsample in _FC_SUBSAMPLERS:
-            names = [f"{checkpoint_scope}/{fc}/weights", f"{checkpoint_scope}/{fc}/biases"]
-            if not all(name in available for name in names):
-                logging.info("%s: no %s in the checkpoint, %s/%s keeps its initialiser", checkpoint_path, fc, model_scope, conv)
-                continue
-            weights, biases = subsample(reader.get_tensor(names[0]), reader.get_tensor(names[1]))
-            for value, kind in ((weights, "weights"), (biases, "biases")):
-                variable = model_vars[f"{model_scope}/{conv}/{kind}"]
-                placeholder = tf1.placeholder(variable.dtype.base_dtype, value.shape)
-                fc_assignments.append((variable.assign(placeholder), placeholder, value))
+    for name, value in fc_values.items():
+        variable = model_vars[f"{model_scope}/{name}"]
+        placeholder = tf1.placeholder(variable.dtype.base_dtype, value.shape)
+        fc_assignments.append((variable.assign(placeholder), placeholder, value))
 
     def init_fn(session):
-        logging.info("Restoring the VGG-16 base of %s from %s", model_scope, checkpoint_path)
+        logging.info("Restoring the VGG-16 base of %s from %s (conv6/conv7 from fc6/fc7: %s)", model_scope,
+                     checkpoint_path, "yes" if fc_assignments else "no")
         saver.restore(session, checkpoint_path)
         for assign_op, placeholder, value in fc_assignments:
             session.run(assign_op, {placeholder: value})
