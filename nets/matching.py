@@ -27,16 +27,18 @@ def anchors_to_corners(anchors):
 
 
 def iou_anchors_boxes(anchor_corners, boxes):
-    """IoU [B, A, N] of anchors [A, 4] against boxes [B, N, 4] (all corner form)."""
+    """IoU [B, A, N] of anchors [A, 4] (positive area) against boxes [B, N, 4] (all corner form).
+
+    Zero-area boxes get IoU 0 with every anchor.
+    """
     a_ymin, a_xmin, a_ymax, a_xmax = [t[tf.newaxis, :, tf.newaxis] for t in tf.unstack(anchor_corners, 4, axis=-1)]
     b_ymin, b_xmin, b_ymax, b_xmax = [t[:, tf.newaxis, :] for t in tf.unstack(boxes, 4, axis=-1)]
-    inter_h = tf.maximum(tf.minimum(a_ymax, b_ymax) - tf.maximum(a_ymin, b_ymin), 0.0)
-    inter_w = tf.maximum(tf.minimum(a_xmax, b_xmax) - tf.maximum(a_xmin, b_xmin), 0.0)
+    inter_h = tf.nn.relu(tf.minimum(a_ymax, b_ymax) - tf.maximum(a_ymin, b_ymin))
+    inter_w = tf.nn.relu(tf.minimum(a_xmax, b_xmax) - tf.maximum(a_xmin, b_xmin))
     intersection = inter_h * inter_w
     area_a = (a_ymax - a_ymin) * (a_xmax - a_xmin)
-    area_b = tf.maximum(b_ymax - b_ymin, 0.0) * tf.maximum(b_xmax - b_xmin, 0.0)
-    union = area_a + area_b - intersection
-    return tf.where(union > 0.0, intersection / tf.maximum(union, 1e-12), tf.zeros_like(union))
+    area_b = tf.nn.relu(b_ymax - b_ymin) * tf.nn.relu(b_xmax - b_xmin)
+    return intersection / ((area_a + area_b) - intersection)
 
 
 def _batched_inputs(labels, boxes):
@@ -60,7 +62,8 @@ def _batched_inputs(labels, boxes):
 def match_anchors(labels, boxes, anchors, match_threshold=0.5, negative_threshold=None):
     """Batched matching. labels [B, N], boxes [B, N, 4], anchors [A, 4] centre form.
 
-    Returns ``(assigned [B, A] int, positive [B, A] bool, ignored [B, A] bool, gscores [B, A])``.
+    Returns ``(assigned [B, A] int32, positive [B, A] bool, ignored [B, A] bool, gscores [B, A])``.
+    The [B, A, N] work is the IoU and three reductions; the best-anchor rule works on [B, N].
     """
     if negative_threshold is not None and not 0.0 <= negative_threshold <= match_threshold:
         raise ValueError(
@@ -68,24 +71,38 @@ def match_anchors(labels, boxes, anchors, match_threshold=0.5, negative_threshol
         )
     anchor_corners = anchors_to_corners(anchors)
     num_anchors = anchor_corners.shape[0]
-    iou = iou_anchors_boxes(anchor_corners, boxes)
     ymin, xmin, ymax, xmax = tf.unstack(boxes, 4, axis=-1)
     valid = (labels > 0) & (ymax > ymin) & (xmax > xmin)
-    iou = tf.where(valid[:, tf.newaxis, :], iou, -tf.ones_like(iou))
+    # Invalid boxes become empty, so their IoU is 0 with every anchor: they can neither reach the
+    # threshold nor be a box's best anchor (rule 2 skips them explicitly too).
+    boxes = tf.where(valid[..., tf.newaxis], boxes, 0.0)
+    iou = iou_anchors_boxes(anchor_corners, boxes)
 
-    # Rule 2: every box's best anchor, conflicts resolved by the IoU at that anchor.
-    best_anchor_per_box = tf.argmax(iou, axis=1)
-    can_force = valid & (tf.reduce_max(iou, axis=1) > 0.0)
-    forced_pairs = tf.cast(tf.one_hot(best_anchor_per_box, num_anchors, axis=1, dtype=tf.int32), tf.bool)
-    forced_pairs &= can_force[:, tf.newaxis, :]
-    anchor_forced = tf.reduce_any(forced_pairs, axis=2)
-    forced_box = tf.argmax(tf.where(forced_pairs, iou, -tf.ones_like(iou)), axis=2)
+    # Rule 2: every box's best anchor; where boxes share one, the highest IoU (then lowest index) wins.
+    best_anchor_per_box = tf.argmax(iou, axis=1, output_type=tf.int32)
+    best_iou_per_box = tf.reduce_max(iou, axis=1)
+    can_force = valid & (best_iou_per_box > 0.0)
+    num_boxes = tf.shape(labels)[1]
+    box_ids = tf.range(num_boxes)
+    same_anchor = tf.equal(best_anchor_per_box[:, :, tf.newaxis], best_anchor_per_box[:, tf.newaxis, :])
+    iou_n = best_iou_per_box[:, :, tf.newaxis]
+    iou_m = best_iou_per_box[:, tf.newaxis, :]
+    beaten = (iou_m > iou_n) | ((iou_m == iou_n) & (box_ids[tf.newaxis, tf.newaxis, :] < box_ids[tf.newaxis, :, tf.newaxis]))
+    winner = can_force & tf.logical_not(tf.reduce_any(same_anchor & beaten & can_force[:, tf.newaxis, :], axis=2))
+    batch_ids = tf.broadcast_to(tf.range(tf.shape(labels)[0])[:, tf.newaxis], tf.shape(best_anchor_per_box))
+    scatter_at = tf.stack([batch_ids, best_anchor_per_box], axis=-1)
+    forced_shape = tf.stack([tf.shape(labels)[0], num_anchors])
+    forced_box_plus_one = tf.tensor_scatter_nd_max(
+        tf.zeros(forced_shape, tf.int32), scatter_at, tf.where(winner, box_ids[tf.newaxis, :] + 1, 0)
+    )
+    forced_iou = tf.tensor_scatter_nd_max(tf.zeros(forced_shape), scatter_at, tf.where(winner, best_iou_per_box, 0.0))
+    anchor_forced = forced_box_plus_one > 0
 
     # Rule 3: threshold matches.
-    best_box = tf.argmax(iou, axis=2)
-    best_iou = tf.maximum(tf.reduce_max(iou, axis=2), 0.0)
-    assigned = tf.where(anchor_forced, forced_box, best_box)
-    assigned_iou = tf.maximum(tf.gather(iou, assigned, axis=2, batch_dims=2), 0.0)
+    best_box = tf.argmax(iou, axis=2, output_type=tf.int32)
+    best_iou = tf.reduce_max(iou, axis=2)
+    assigned = tf.where(anchor_forced, forced_box_plus_one - 1, best_box)
+    assigned_iou = tf.where(anchor_forced, forced_iou, best_iou)
     positive = anchor_forced | (best_iou >= match_threshold)
     if negative_threshold is None:
         ignored = tf.zeros_like(positive)
