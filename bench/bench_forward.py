@@ -1,0 +1,62 @@
+"""SSD300 forward pass throughput (images/s) on CPU, NHWC, inference mode.
+
+Prints one JSON object per batch size. Run from the repository root:
+
+    python bench/bench_forward.py                                    # batch 1 and 8, 300x300
+    python bench/bench_forward.py --batch_sizes 1 --repeats 1 --img_size 64   # smoke test
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from nets import nets_factory  # noqa: E402
+from tf_compat import slim, tf1  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", default="ssd_300_vgg")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--img_size", type=int, default=300)
+    args = parser.parse_args()
+
+    tf1.disable_eager_execution()
+    net = nets_factory.get_network(args.network, img_shape=(args.img_size, args.img_size))
+    machine = f"{platform.node()} {platform.processor() or platform.machine()} cpus={os.cpu_count()} tf={tf.__version__}"
+    with tf.Graph().as_default():
+        tf1.set_random_seed(0)
+        images = tf1.placeholder(tf.float32, [None, args.img_size, args.img_size, 3])
+        with slim.arg_scope(net.arg_scope(data_format="NHWC")):
+            predictions, localisations, _, _ = net.net(images, is_training=False)
+        fetches = predictions + localisations
+        config = tf1.ConfigProto(device_count={"GPU": 0})
+        with tf1.Session(config=config) as sess:
+            sess.run(tf1.global_variables_initializer())
+            rng = np.random.default_rng(0)
+            for batch in args.batch_sizes:
+                feed = {images: rng.uniform(-1, 1, (batch, args.img_size, args.img_size, 3)).astype(np.float32)}
+                sess.run(fetches, feed)  # warm-up
+                start = time.perf_counter()
+                for _ in range(args.repeats):
+                    sess.run(fetches, feed)
+                elapsed = time.perf_counter() - start
+                print(json.dumps({"what": "ssd_forward_images_per_second",
+                                  "config": {"network": args.network, "img_size": args.img_size, "batch": batch,
+                                             "data_format": "NHWC", "device": "CPU", "repeats": args.repeats},
+                                  "value": batch * args.repeats / elapsed, "unit": "images/s", "machine": machine}),
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Target encoding for one image: vectorised matching vs a per-box tf.while_loop (SSD-Tensorflow's way).
+
+Prints one JSON object per measurement: seconds per image for each implementation and box count,
+and the speed-up of the vectorised version. Run from the repository root:
+
+    python bench/bench_target_encoding.py                      # 8732 anchors, 10/50/200 boxes
+    python bench/bench_target_encoding.py --boxes 5 --repeats 3 --img_size 96   # smoke test
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from nets import nets_factory  # noqa: E402
+from tf_compat import tf1  # noqa: E402
+
+
+def while_loop_encode(labels, boxes, net, match_threshold=0.5):
+    """SSD-Tensorflow's ``tf_ssd_bboxes_encode``: per feature layer, a tf.while_loop over the boxes,
+    each step updating the anchors whose IoU beats their current best (its matching rule)."""
+    classes, localisations, scores = [], [], []
+    scaling = net.params.prior_scaling
+    for layer in net.anchors():
+        yref, xref, href, wref = layer
+        ymin, xmin = yref - href / 2.0, xref - wref / 2.0
+        ymax, xmax = yref + href / 2.0, xref + wref / 2.0
+        anchor_area = (ymax - ymin) * (xmax - xmin)
+        shape = (yref.shape[0], yref.shape[1], href.size)
+
+        def jaccard(bbox):
+            inter_h = tf.maximum(tf.minimum(ymax, bbox[2]) - tf.maximum(ymin, bbox[0]), 0.0)
+            inter_w = tf.maximum(tf.minimum(xmax, bbox[3]) - tf.maximum(xmin, bbox[1]), 0.0)
+            inter = inter_h * inter_w
+            union = anchor_area - inter + (bbox[2] - bbox[0]) * (bbox[3] - bbox[1])
+            return inter / union
+
+        def body(i, feat_labels, feat_scores, f_ymin, f_xmin, f_ymax, f_xmax):
+            label, bbox = labels[i], boxes[i]
+            overlap = jaccard(bbox)
+            mask = tf.logical_and(overlap > feat_scores, feat_scores > -0.5)
+            imask = tf.cast(mask, tf.int64)
+            fmask = tf.cast(mask, tf.float32)
+            feat_labels = imask * label + (1 - imask) * feat_labels
+            feat_scores = tf.where(mask, overlap, feat_scores)
+            f_ymin = fmask * bbox[0] + (1 - fmask) * f_ymin
+            f_xmin = fmask * bbox[1] + (1 - fmask) * f_xmin
+            f_ymax = fmask * bbox[2] + (1 - fmask) * f_ymax
+            f_xmax = fmask * bbox[3] + (1 - fmask) * f_xmax
+            return i + 1, feat_labels, feat_scores, f_ymin, f_xmin, f_ymax, f_xmax
+
+        init = [0, tf.zeros(shape, tf.int64), tf.zeros(shape), tf.zeros(shape), tf.zeros(shape), tf.ones(shape),
+                tf.ones(shape)]
+        _, feat_labels, feat_scores, f_ymin, f_xmin, f_ymax, f_xmax = tf1.while_loop(
+            lambda i, *rest: i < tf.shape(labels)[0], body, init
+        )
+        cy, cx = (f_ymax + f_ymin) / 2.0, (f_xmax + f_xmin) / 2.0
+        h, w = f_ymax - f_ymin, f_xmax - f_xmin
+        loc = tf.stack([(cx - xref) / wref / scaling[0], (cy - yref) / href / scaling[1],
+                        tf.math.log(w / wref) / scaling[2], tf.math.log(h / href) / scaling[3]], axis=-1)
+        classes.append(tf.reshape(feat_labels, [-1]))
+        scores.append(tf.reshape(feat_scores, [-1]))
+        localisations.append(tf.reshape(loc, [-1, 4]))
+    positive = tf.concat(scores, 0) >= match_threshold
+    return tf.where(positive, tf.concat(classes, 0), 0), tf.concat(localisations, 0), tf.concat(scores, 0)
+
+
+def random_image(rng, count):
+    centre = rng.uniform(0.1, 0.9, (count, 2))
+    size = rng.uniform(0.02, 0.6, (count, 2))
+    boxes = np.clip(np.concatenate([centre - size / 2, centre + size / 2], axis=1), 0, 1).astype(np.float32)
+    return rng.integers(1, 21, count).astype(np.int64), boxes
+
+
+def time_per_image(sess, fetches, feed, repeats):
+    sess.run(fetches, feed)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        sess.run(fetches, feed)
+    return (time.perf_counter() - start) / repeats
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--boxes", type=int, nargs="+", default=[10, 50, 200])
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--img_size", type=int, default=300, help="SSD300 input size; 300 gives 8732 anchors")
+    args = parser.parse_args()
+
+    tf1.disable_eager_execution()
+    net = nets_factory.get_network("ssd_300_vgg", img_shape=(args.img_size, args.img_size))
+    machine = f"{platform.node()} {platform.processor() or platform.machine()} cpus={os.cpu_count()} tf={tf.__version__}"
+    rng = np.random.default_rng(0)
+    with tf.Graph().as_default():
+        labels = tf1.placeholder(tf.int64, [None])
+        boxes = tf1.placeholder(tf.float32, [None, 4])
+        implementations = {"vectorised": net.bboxes_encode(labels, boxes), "while_loop": while_loop_encode(labels, boxes, net)}
+        config = tf1.ConfigProto(device_count={"GPU": 0})
+        with tf1.Session(config=config) as sess:
+            for count in args.boxes:
+                image_labels, image_boxes = random_image(rng, count)
+                feed = {labels: image_labels, boxes: image_boxes}
+                seconds = {}
+                for name, fetches in implementations.items():
+                    seconds[name] = time_per_image(sess, fetches, feed, args.repeats)
+                    print(json.dumps({"what": f"target_encoding_{name}", "config": {"anchors": net.num_anchors,
+                                      "boxes": count, "repeats": args.repeats, "device": "CPU"},
+                                      "value": seconds[name], "unit": "s/image", "machine": machine}), flush=True)
+                print(json.dumps({"what": "target_encoding_speedup_vectorised_vs_while_loop",
+                                  "config": {"anchors": net.num_anchors, "boxes": count, "repeats": args.repeats,
+                                             "device": "CPU"},
+                                  "value": seconds["while_loop"] / seconds["vectorised"], "unit": "x",
+                                  "machine": machine}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
