@@ -40,8 +40,11 @@ FLAGS = flags.FLAGS
 _FLAG_NAMES = []
 
 
-def _define(kind, name, default, help_text, **kwargs):
-    getattr(flags, f"DEFINE_{kind}")(name, default, help_text, **kwargs)
+def _define(kind, name, default, help_text, enum_values=None):
+    if kind == "enum":
+        flags.DEFINE_enum(name, default, enum_values, help_text)
+    else:
+        getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
     _FLAG_NAMES.append(name)
 
 
