@@ -33,7 +33,8 @@ def main():
 
     tf1.disable_eager_execution()
     net = nets_factory.get_network(args.network, img_shape=(args.img_size, args.img_size))
-    machine = f"{platform.node()} {platform.processor() or platform.machine()} cpus={os.cpu_count()} tf={tf.__version__}"
+    cpu = platform.processor() or platform.machine()
+    machine = f"{platform.node()} {cpu} cpus={os.cpu_count()} tf={tf.__version__}"
     with tf.Graph().as_default():
         tf1.set_random_seed(0)
         images = tf1.placeholder(tf.float32, [None, args.img_size, args.img_size, 3])

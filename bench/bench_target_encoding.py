@@ -102,12 +102,16 @@ def main():
 
     tf1.disable_eager_execution()
     net = nets_factory.get_network("ssd_300_vgg", img_shape=(args.img_size, args.img_size))
-    machine = f"{platform.node()} {platform.processor() or platform.machine()} cpus={os.cpu_count()} tf={tf.__version__}"
+    cpu = platform.processor() or platform.machine()
+    machine = f"{platform.node()} {cpu} cpus={os.cpu_count()} tf={tf.__version__}"
     rng = np.random.default_rng(0)
     with tf.Graph().as_default():
         labels = tf1.placeholder(tf.int64, [None])
         boxes = tf1.placeholder(tf.float32, [None, 4])
-        implementations = {"vectorised": net.bboxes_encode(labels, boxes), "while_loop": while_loop_encode(labels, boxes, net)}
+        implementations = {
+            "vectorised": net.bboxes_encode(labels, boxes),
+            "while_loop": while_loop_encode(labels, boxes, net),
+        }
         config = tf1.ConfigProto(device_count={"GPU": 0})
         with tf1.Session(config=config) as sess:
             for count in args.boxes:

@@ -109,7 +109,7 @@ def extra_blocks(net, blocks, end_points, data_format):
             else:
                 padding = "SAME"
             net = custom_layers.conv2d(
-                net, block.channels, [block.kernel, block.kernel], stride=block.stride, padding=padding, scope=conv_scope
+                net, block.channels, [block.kernel] * 2, stride=block.stride, padding=padding, scope=conv_scope
             )
         end_points[block.name] = net
     return net
