@@ -39,10 +39,11 @@ def extra_block_keeps_valid(size, block):
     return size + 2 * block.pad >= block.kernel
 
 
-def _extra_block_size(size, block):
-    if extra_block_keeps_valid(size, block):
-        return (size + 2 * block.pad - block.kernel) // block.stride + 1
-    return _same_size(size, block.stride)
+def _extra_block_shape(shape, block):
+    """Output (H, W) of an extra block; VALID (after its pad) only when both sides are large enough."""
+    if all(extra_block_keeps_valid(size, block) for size in shape):
+        return tuple((size + 2 * block.pad - block.kernel) // block.stride + 1 for size in shape)
+    return tuple(_same_size(size, block.stride) for size in shape)
 
 
 def feature_shapes(img_shape, extra_blocks, feat_layers):
@@ -58,7 +59,7 @@ def feature_shapes(img_shape, extra_blocks, feat_layers):
     h, w = _same_size(h, 2), _same_size(w, 2)
     sizes["block7"] = (h, w)
     for block in extra_blocks:
-        h, w = _extra_block_size(h, block), _extra_block_size(w, block)
+        h, w = _extra_block_shape((h, w), block)
         sizes[block.name] = (h, w)
     missing = [name for name in feat_layers if name not in sizes]
     if missing:
