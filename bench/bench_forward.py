@@ -1,4 +1,4 @@
-"""SSD300 forward pass throughput (images/s) on CPU, NHWC, inference mode.
+"""SSD300 forward pass throughput (images/s, from the median batch time) on CPU, NHWC, inference mode.
 
 Prints one JSON object per batch size. Run from the repository root:
 
@@ -33,7 +33,8 @@ def main():
 
     tf1.disable_eager_execution()
     net = nets_factory.get_network(args.network, img_shape=(args.img_size, args.img_size))
-    machine = f"{platform.node()} {platform.processor() or platform.machine()} cpus={os.cpu_count()} tf={tf.__version__}"
+    cpu = platform.processor() or platform.machine()
+    machine = f"{platform.node()} {cpu} cpus={os.cpu_count()} tf={tf.__version__}"
     with tf.Graph().as_default():
         tf1.set_random_seed(0)
         images = tf1.placeholder(tf.float32, [None, args.img_size, args.img_size, 3])
@@ -47,14 +48,16 @@ def main():
             for batch in args.batch_sizes:
                 feed = {images: rng.uniform(-1, 1, (batch, args.img_size, args.img_size, 3)).astype(np.float32)}
                 sess.run(fetches, feed)  # warm-up
-                start = time.perf_counter()
+                times = []
                 for _ in range(args.repeats):
+                    start = time.perf_counter()
                     sess.run(fetches, feed)
-                elapsed = time.perf_counter() - start
+                    times.append(time.perf_counter() - start)
+                median = float(np.median(times))  # robust to other work on a shared machine
                 print(json.dumps({"what": "ssd_forward_images_per_second",
                                   "config": {"network": args.network, "img_size": args.img_size, "batch": batch,
                                              "data_format": "NHWC", "device": "CPU", "repeats": args.repeats},
-                                  "value": batch * args.repeats / elapsed, "unit": "images/s", "machine": machine}),
+                                  "value": batch / median, "unit": "images/s", "machine": machine}),
                       flush=True)
 
 

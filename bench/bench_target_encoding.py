@@ -24,9 +24,11 @@ from nets import nets_factory  # noqa: E402
 from tf_compat import tf1  # noqa: E402
 
 
-def while_loop_encode(labels, boxes, net, match_threshold=0.5):
-    """SSD-Tensorflow's ``tf_ssd_bboxes_encode``: per feature layer, a tf.while_loop over the boxes,
-    each step updating the anchors whose IoU beats their current best (its matching rule)."""
+def while_loop_encode(labels, boxes, net):
+    """SSD-Tensorflow's ``tf_ssd_bboxes_encode``, op for op: per feature layer, a tf.while_loop over
+    the boxes, each step updating the anchors whose IoU beats their current best (its matching
+    rule; its loss applies the 0.5 threshold later)."""
+    num_classes = net.params.num_classes
     classes, localisations, scores = [], [], []
     scaling = net.params.prior_scaling
     for layer in net.anchors():
@@ -47,6 +49,7 @@ def while_loop_encode(labels, boxes, net, match_threshold=0.5):
             label, bbox = labels[i], boxes[i]
             overlap = jaccard(bbox)
             mask = tf.logical_and(overlap > feat_scores, feat_scores > -0.5)
+            mask = tf.logical_and(mask, label < num_classes)
             imask = tf.cast(mask, tf.int64)
             fmask = tf.cast(mask, tf.float32)
             feat_labels = imask * label + (1 - imask) * feat_labels
@@ -60,7 +63,7 @@ def while_loop_encode(labels, boxes, net, match_threshold=0.5):
         init = [0, tf.zeros(shape, tf.int64), tf.zeros(shape), tf.zeros(shape), tf.zeros(shape), tf.ones(shape),
                 tf.ones(shape)]
         _, feat_labels, feat_scores, f_ymin, f_xmin, f_ymax, f_xmax = tf1.while_loop(
-            lambda i, *rest: i < tf.shape(labels)[0], body, init
+            lambda i, *rest: tf.less(i, tf.shape(labels))[0], body, init
         )
         cy, cx = (f_ymax + f_ymin) / 2.0, (f_xmax + f_xmin) / 2.0
         h, w = f_ymax - f_ymin, f_xmax - f_xmin
@@ -69,8 +72,7 @@ def while_loop_encode(labels, boxes, net, match_threshold=0.5):
         classes.append(tf.reshape(feat_labels, [-1]))
         scores.append(tf.reshape(feat_scores, [-1]))
         localisations.append(tf.reshape(loc, [-1, 4]))
-    positive = tf.concat(scores, 0) >= match_threshold
-    return tf.where(positive, tf.concat(classes, 0), 0), tf.concat(localisations, 0), tf.concat(scores, 0)
+    return tf.concat(classes, 0), tf.concat(localisations, 0), tf.concat(scores, 0)
 
 
 def random_image(rng, count):
@@ -81,11 +83,14 @@ def random_image(rng, count):
 
 
 def time_per_image(sess, fetches, feed, repeats):
+    """Median seconds of one run: robust to other work on a shared machine, fair to both versions."""
     sess.run(fetches, feed)  # warm-up
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        start = time.perf_counter()
         sess.run(fetches, feed)
-    return (time.perf_counter() - start) / repeats
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def main():
@@ -97,12 +102,16 @@ def main():
 
     tf1.disable_eager_execution()
     net = nets_factory.get_network("ssd_300_vgg", img_shape=(args.img_size, args.img_size))
-    machine = f"{platform.node()} {platform.processor() or platform.machine()} cpus={os.cpu_count()} tf={tf.__version__}"
+    cpu = platform.processor() or platform.machine()
+    machine = f"{platform.node()} {cpu} cpus={os.cpu_count()} tf={tf.__version__}"
     rng = np.random.default_rng(0)
     with tf.Graph().as_default():
         labels = tf1.placeholder(tf.int64, [None])
         boxes = tf1.placeholder(tf.float32, [None, 4])
-        implementations = {"vectorised": net.bboxes_encode(labels, boxes), "while_loop": while_loop_encode(labels, boxes, net)}
+        implementations = {
+            "vectorised": net.bboxes_encode(labels, boxes),
+            "while_loop": while_loop_encode(labels, boxes, net),
+        }
         config = tf1.ConfigProto(device_count={"GPU": 0})
         with tf1.Session(config=config) as sess:
             for count in args.boxes:

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 AnchorLayer = collections.namedtuple("AnchorLayer", ["y", "x", "h", "w"])
-AnchorLayer.__doc__ = """Anchors of one feature layer: centres ``y, x`` of shape [H, W, 1], sizes ``h, w`` of shape [K]."""
+AnchorLayer.__doc__ = """Anchors of one feature layer: centres ``y, x`` [H, W, 1], sizes ``h, w`` [K]."""
 
 
 def _pair(value):

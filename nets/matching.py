@@ -87,14 +87,15 @@ def match_anchors(labels, boxes, anchors, match_threshold=0.5, negative_threshol
     same_anchor = tf.equal(best_anchor_per_box[:, :, tf.newaxis], best_anchor_per_box[:, tf.newaxis, :])
     iou_n = best_iou_per_box[:, :, tf.newaxis]
     iou_m = best_iou_per_box[:, tf.newaxis, :]
-    beaten = (iou_m > iou_n) | ((iou_m == iou_n) & (box_ids[tf.newaxis, tf.newaxis, :] < box_ids[tf.newaxis, :, tf.newaxis]))
+    lower_index = box_ids[tf.newaxis, tf.newaxis, :] < box_ids[tf.newaxis, :, tf.newaxis]
+    beaten = (iou_m > iou_n) | ((iou_m == iou_n) & lower_index)
     winner = can_force & tf.logical_not(tf.reduce_any(same_anchor & beaten & can_force[:, tf.newaxis, :], axis=2))
     batch_ids = tf.broadcast_to(tf.range(tf.shape(labels)[0])[:, tf.newaxis], tf.shape(best_anchor_per_box))
     scatter_at = tf.stack([batch_ids, best_anchor_per_box], axis=-1)
     forced_shape = tf.stack([tf.shape(labels)[0], num_anchors])
-    forced_box_plus_one = tf.tensor_scatter_nd_max(
-        tf.zeros(forced_shape, tf.int32), scatter_at, tf.where(winner, box_ids[tf.newaxis, :] + 1, 0)
-    )
+    # float32 scatters (exact for box indices below 2**24) have kernels on every device.
+    winner_ids = tf.where(winner, tf.cast(box_ids[tf.newaxis, :] + 1, tf.float32), 0.0)
+    forced_box_plus_one = tf.cast(tf.tensor_scatter_nd_max(tf.zeros(forced_shape), scatter_at, winner_ids), tf.int32)
     forced_iou = tf.tensor_scatter_nd_max(tf.zeros(forced_shape), scatter_at, tf.where(winner, best_iou_per_box, 0.0))
     anchor_forced = forced_box_plus_one > 0
 

@@ -15,7 +15,7 @@ import collections
 import tensorflow as tf
 
 from nets import box_coding
-from nets.multibox_loss import flatten_layers
+from nets.layer_outputs import flatten_layers
 
 Detections = collections.namedtuple("Detections", ["boxes", "scores", "classes", "num_detections"])
 Detections.__doc__ = """boxes [B, K, 4] (ymin, xmin, ymax, xmax relative), scores [B, K], classes [B, K] int64

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from nets import anchors as anchors_lib
-from nets import box_coding, matching, multibox_loss, post_processing, ssd_vgg_common
+from nets import box_coding, layer_outputs, matching, multibox_loss, post_processing, ssd_vgg_common
 
 SSDParams = collections.namedtuple(
     "SSDParams",
@@ -170,7 +170,7 @@ class SSDNet:
     def bboxes_decode(self, localisations, scope=None):
         """Boxes (ymin, xmin, ymax, xmax) [B, A, 4] from offsets [B, A, 4] or per-layer lists."""
         with tf.name_scope(scope or "ssd_bboxes_decode"):
-            offsets = multibox_loss.flatten_layers(localisations, 1)
+            offsets = layer_outputs.flatten_layers(localisations, 1)
             return box_coding.decode(offsets, self.flat_anchors(), self.params.prior_scaling)
 
     def losses(self, logits, localisations, gclasses, glocalisations, gscores, match_threshold=0.5,

@@ -1,16 +1,18 @@
 """Pieces shared by SSD300 and SSD512: the reduced VGG-16 base, the extra blocks, the box heads,
-and the feature-map geometry computed from the input size.
+and the feature-map shapes computed from the input size.
 
 Layer names are SSD-Tensorflow's, so its checkpoints load without renaming:
 ``conv1/conv1_1`` ... ``conv5/conv5_3``, ``conv6`` (3x3, dilation 6, 1024), ``conv7`` (1x1, 1024),
 ``block8/conv1x1``, ``block8/conv3x3``, ..., ``block4_box/L2Normalization/gamma``,
-``<block>_box/conv_loc``, ``<block>_box/conv_cls``.
+``<block>_box/conv_loc``, ``<block>_box/conv_cls``. Convolutions are
+:func:`nets.custom_layers.conv2d` (slim.conv2d's variables and collections, built faster).
 
-Inputs smaller than the reference networks allow: the last extra blocks shrink the map with
-VALID convolutions (SSD300's block10/block11: 3x3 -> 1x1; SSD512's block12: 4x4 with pad 1).
-Where the input map of such a block is too small for that (SSD300 below 257 px, SSD512 below
-257 px), the block drops its explicit padding and uses SAME padding instead, so the map stays
-at least 1x1 and the variables keep their shapes. At the reference sizes nothing changes.
+Input sizes: any size of at least 1x1 builds, and every feature layer is at least 1x1. The last
+extra blocks shrink their map with VALID convolutions (SSD300's block10/block11: 3x3 without
+padding; SSD512's block12: 4x4 after padding 1). From 257 px up (both networks) the maps are large
+enough and the graph is exactly the reference one; below that, a block whose input map is too
+small for its VALID convolution uses SAME padding instead (no explicit pad), so its map stays
+at least 1x1 and its variables keep their shapes. Tests use 64x64 (SSD300: 390 anchors).
 """
 
 import collections
@@ -37,10 +39,11 @@ def extra_block_keeps_valid(size, block):
     return size + 2 * block.pad >= block.kernel
 
 
-def _extra_block_size(size, block):
-    if extra_block_keeps_valid(size, block):
-        return (size + 2 * block.pad - block.kernel) // block.stride + 1
-    return _same_size(size, block.stride)
+def _extra_block_shape(shape, block):
+    """Output (H, W) of an extra block; VALID (after its pad) only when both sides are large enough."""
+    if all(extra_block_keeps_valid(size, block) for size in shape):
+        return tuple((size + 2 * block.pad - block.kernel) // block.stride + 1 for size in shape)
+    return tuple(_same_size(size, block.stride) for size in shape)
 
 
 def feature_shapes(img_shape, extra_blocks, feat_layers):
@@ -56,7 +59,7 @@ def feature_shapes(img_shape, extra_blocks, feat_layers):
     h, w = _same_size(h, 2), _same_size(w, 2)
     sizes["block7"] = (h, w)
     for block in extra_blocks:
-        h, w = _extra_block_size(h, block), _extra_block_size(w, block)
+        h, w = _extra_block_shape((h, w), block)
         sizes[block.name] = (h, w)
     missing = [name for name in feat_layers if name not in sizes]
     if missing:
@@ -109,7 +112,7 @@ def extra_blocks(net, blocks, end_points, data_format):
             else:
                 padding = "SAME"
             net = custom_layers.conv2d(
-                net, block.channels, [block.kernel, block.kernel], stride=block.stride, padding=padding, scope=conv_scope
+                net, block.channels, [block.kernel] * 2, stride=block.stride, padding=padding, scope=conv_scope
             )
         end_points[block.name] = net
     return net

@@ -42,7 +42,8 @@ def test_encode_matches_numpy_and_decode_inverts_it():
         decoded = box_coding.decode(encoded, anchors)
         with tf1.Session() as sess:
             encoded_np, decoded_np = sess.run([encoded, decoded])
-    np.testing.assert_allclose(encoded_np, _numpy_encode(boxes, anchors, box_coding.PRIOR_SCALING), rtol=1e-4, atol=1e-4)
+    expected = _numpy_encode(boxes, anchors, box_coding.PRIOR_SCALING)
+    np.testing.assert_allclose(encoded_np, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(decoded_np, boxes, atol=1e-5)
 
 

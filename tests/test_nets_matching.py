@@ -223,3 +223,23 @@ def test_graph_has_no_loop_and_dynamic_box_count_works(small_anchors):
 def test_bad_ranks_raise_a_clear_error(small_anchors):
     with tf.Graph().as_default(), pytest.raises(ValueError, match="labels"):
         matching.bboxes_encode(tf.zeros([2, 3], tf.int64), tf.zeros([3, 4]), small_anchors)
+
+
+def test_per_image_encoding_inside_tf_data_equals_batched_encoding_in_the_graph():
+    net = nets_factory.get_network("ssd_300_vgg", img_shape=(96, 96))
+    rng = np.random.default_rng(5)
+    images = [_random_image(rng, n) for n in (2, 5, 1)]
+    width = 5
+    labels = np.zeros([3, width], np.int64)
+    boxes = np.zeros([3, width, 4], np.float32)
+    for i, (image_labels, image_boxes) in enumerate(images):
+        labels[i, : len(image_labels)] = image_labels
+        boxes[i, : len(image_labels)] = image_boxes
+    with tf.Graph().as_default():
+        dataset = tf.data.Dataset.from_tensor_slices((labels, boxes)).map(net.bboxes_encode).batch(3)
+        in_pipeline = tf1.data.make_one_shot_iterator(dataset).get_next()
+        in_tower = net.bboxes_encode(tf.constant(labels), tf.constant(boxes))
+        with tf1.Session() as sess:
+            pipeline_np, tower_np = sess.run([in_pipeline, in_tower])
+    for a, b in zip(pipeline_np, tower_np):
+        np.testing.assert_array_equal(a, b)

@@ -59,7 +59,9 @@ def _random_outputs(rng, batch, anchors, classes):
 
 def _run(probabilities, offsets, anchors, **kwargs):
     with tf.Graph().as_default():
-        detections = post_processing.detected_bboxes(tf.constant(probabilities), tf.constant(offsets), anchors, **kwargs)
+        detections = post_processing.detected_bboxes(
+            tf.constant(probabilities), tf.constant(offsets), anchors, **kwargs
+        )
         with tf1.Session() as sess:
             return sess.run(detections)
 
