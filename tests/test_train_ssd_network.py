@@ -1,0 +1,163 @@
+"""train_ssd_network.py: the towers' graph on two logical CPU devices, and short real trainings."""
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import train_ssd_network
+from datasets import dataset_factory
+from deployment import model_deploy
+from tf_compat import tf1
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(image_size="96", batch_size=2, num_readers=1, num_preprocessing_threads=1, num_summary_images=1)
+STEP_LINE = re.compile(r"global step (\d+): loss = ([0-9.eE+-]+|nan|inf)")
+MULTIBOX_TERMS = re.compile(r"global step (\d+):.*cross_entropy_pos/value = ([0-9.eE+-]+), "
+                            r"cross_entropy_neg/value = ([0-9.eE+-]+), localization/value = ([0-9.eE+-]+)")
+
+
+def _device_index(device):
+    match = re.search(r"CPU:(\d+)", device or "")
+    return int(match.group(1)) if match else None
+
+
+@pytest.fixture
+def two_clone_graph(sample_dataset_dir):
+    opts = train_ssd_network.default_options(num_clones=2, clone_on_cpu=True, **TINY)
+    spec = dataset_factory.get_dataset(None, "trainval", sample_dataset_dir)
+    graph = tf.Graph()
+    with graph.as_default():
+        config = model_deploy.DeploymentConfig(num_clones=2, clone_on_cpu=True)
+        parts = train_ssd_network.build_training_graph(opts, spec, config)
+    return graph, parts
+
+
+def test_two_towers_are_placed_as_designed(two_clone_graph):
+    graph, parts = two_clone_graph
+    with graph.as_default():
+        variables = tf1.global_variables()
+    assert variables and all(_device_index(v.device) == 0 for v in variables), "every variable lives on CPU:0"
+
+    ops = graph.get_operations()
+    for clone_index in (0, 1):
+        scope = f"clone_{clone_index}/"
+        convs = [op for op in ops if op.name.startswith(scope) and op.type == "Conv2D"]
+        assert convs, f"no forward convolution in {scope}"
+        assert {_device_index(op.device) for op in convs} == {clone_index}
+    backprop = [op for op in ops if op.type == "Conv2DBackpropFilter"]
+    assert {_device_index(op.device) for op in backprop} == {0, 1}, "each tower computes its own gradients"
+
+    applies = [op for op in ops if op.type.startswith("ResourceApply")]
+    assert applies and {_device_index(op.device) for op in applies} == {0}
+    averages = [op for op in ops if op.name.startswith("average_clone_gradients/") and op.type == "AddN"]
+    assert averages and {_device_index(op.device) for op in averages} == {0}
+
+    dequeues = [op for op in ops if op.type == "IteratorGetNext"]
+    assert len(dequeues) == 2 and {_device_index(op.device) for op in dequeues} == {0}, "inputs stay on the CPU"
+
+
+def test_each_tower_gets_its_own_batch_and_a_step_runs(two_clone_graph):
+    graph, parts = two_clone_graph
+    with graph.as_default(), tf1.Session(graph=graph, config=train_ssd_network.devices.session_config()) as session:
+        session.run([tf1.global_variables_initializer(), tf1.local_variables_initializer()])
+        batches = [clone.outputs["_batch"]["image"] for clone in parts.clones]
+        first, second, loss = session.run(batches + [parts.train.train_tensor])
+        assert first.shape == second.shape == (2, 96, 96, 3)
+        assert not np.array_equal(first, second), "the two towers must not see the same batch"
+        assert np.isfinite(loss)
+        assert session.run(parts.global_step) == 1
+
+
+def _train(train_dir, *extra, env_dir):
+    command = [sys.executable, os.path.join(REPO_ROOT, "train_ssd_network.py"), f"--train_dir={train_dir}",
+               "--image_size=96", "--batch_size=4", "--num_readers=1", "--num_preprocessing_threads=2",
+               "--num_summary_images=2", "--log_every_n_steps=1", "--save_summaries_secs=1", *extra]
+    env = dict(os.environ, SSD_TOWERS_CACHE=str(env_dir), TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=str(env_dir))
+    return result, result.stdout + result.stderr
+
+
+def _losses(log):
+    return {int(step): float(loss) for step, loss in STEP_LINE.findall(log)}
+
+
+def _multibox_losses(log):
+    """{step: the multibox loss (both cross-entropies + localisation), regularisation left out}."""
+    return {int(step): sum(float(term) for term in terms) for step, *terms in MULTIBOX_TERMS.findall(log)}
+
+
+def _event_tags(train_dir):
+    tags = set()
+    for path in glob.glob(os.path.join(train_dir, "events.out.tfevents.*")):
+        for event in tf1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+@pytest.mark.slow
+def test_short_training_lowers_the_loss_writes_summaries_and_resumes(tmp_path):
+    train_dir = tmp_path / "fine_tuning"
+    result, log = _train(train_dir, "--max_number_of_steps=40", "--augmentation=none", "--optimizer=adam",
+                         "--learning_rate=0.0001", env_dir=tmp_path)
+    assert result.returncode == 0, log[-3000:]
+    assert "No --dataset_dir: training on the built-in sample dataset" in log
+    assert "from scratch" in log.lower()
+    losses = _multibox_losses(log)
+    assert sorted(losses) == list(range(1, 41)), log[-3000:]
+    first, last = np.mean([losses[s] for s in range(1, 6)]), np.mean([losses[s] for s in range(36, 41)])
+    assert last < 0.8 * first, f"loss did not fall clearly: first steps {first:.2f}, last steps {last:.2f}"
+
+    assert tf.train.latest_checkpoint(str(train_dir)).endswith("-40")
+    config = json.loads((train_dir / "training_config.json").read_text())
+    assert config["network"]["img_shape"] == [96, 96] and config["dataset"]["num_classes"] == 4
+    tags = _event_tags(str(train_dir))
+    for expected in ("Losses/total_loss", "Losses/regularization_loss", "learning_rate", "global_step/sec",
+                     "Losses/ssd_losses/cross_entropy_pos/value", "Losses/ssd_losses/localization/value"):
+        assert expected in tags, f"missing summary {expected}: {sorted(tags)[:40]}"
+    assert any(tag.startswith("ground_truth_images/") for tag in tags)
+    assert any(tag.startswith("activations/") for tag in tags) and any(t.startswith("sparsity/") for t in tags)
+    assert any(tag.startswith("variables/") for tag in tags)
+
+    result, log = _train(train_dir, "--max_number_of_steps=43", env_dir=tmp_path)
+    assert result.returncode == 0, log[-3000:]
+    assert "resum" in log.lower()
+    assert sorted(_losses(log)) == [41, 42, 43], "a restarted run continues from the saved global step"
+
+
+@pytest.mark.slow
+def test_an_absurd_learning_rate_stops_at_the_nan_guard(tmp_path):
+    result, log = _train(tmp_path / "run", "--max_number_of_steps=50", "--optimizer=sgd", "--learning_rate=1e12",
+                         env_dir=tmp_path)
+    assert result.returncode == 1, log[-3000:]
+    assert re.search(r"became NaN or Inf at global step \d+", log), log[-3000:]
+    saved = tf.train.latest_checkpoint(str(tmp_path / "run"))
+    if saved:
+        reader = tf.train.load_checkpoint(saved)
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            if np.issubdtype(np.asarray(value).dtype, np.floating):
+                assert np.all(np.isfinite(value)), f"{name} saved with NaN/Inf"
+
+
+def test_a_misspelled_checkpoint_path_fails_before_training(tmp_path, sample_dataset_dir):
+    result, log = _train(tmp_path / "run", "--max_number_of_steps=1", f"--dataset_dir={sample_dataset_dir}",
+                         f"--checkpoint_path={tmp_path / 'no_such_ckpt'}", env_dir=tmp_path)
+    assert result.returncode == 2
+    assert "no_such_ckpt" in log
+    assert not glob.glob(str(tmp_path / "run" / "model.ckpt-*"))
+
+
+def test_options_reject_unknown_names_and_parse_sizes():
+    with pytest.raises(ValueError, match="unknown training options"):
+        train_ssd_network.default_options(batchsize=3)
+    assert train_ssd_network.parse_image_size("96") == (96, 96)
+    assert train_ssd_network.parse_image_size("128,96") == (128, 96)
+    with pytest.raises(ValueError, match="image_size"):
+        train_ssd_network.parse_image_size("0")
