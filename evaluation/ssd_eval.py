@@ -306,3 +306,41 @@ def labels_for(source, num_classes, dataset_labels=None):
     """Class names by label: the dataset's, else the training config's, else class_<i>."""
     labels = dataset_labels or (source.config_labels if source else None) or {}
     return {i: labels.get(i, "none" if i == 0 else f"class_{i}") for i in range(num_classes)}
+
+
+def serving_num_classes(source, model_name=None, image_size=None, num_classes=None):
+    """Classes (with background): as given, else the training config's, else the checkpoint's class heads."""
+    if num_classes:
+        return int(num_classes)
+    recorded = ((source.config or {}).get("network") or {}).get("num_classes")
+    if recorded:
+        return int(recorded)
+    probe = build_network(source, model_name, 2, image_size)
+    found = checkpoint_num_classes(source.checkpoint_prefix, probe)
+    if not found:
+        raise ValueError(f"{source.checkpoint_prefix}: cannot tell the class count (no {TRAINING_CONFIG}, no "
+                         f"class heads of {probe.name}); pass --num_classes")
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceGraph:
+    net: object
+    labels: dict  # {label: name}, background included
+    images: tf.Tensor  # string [B] placeholder: encoded images
+    outputs: dict  # build_serving_graph's tensors
+    saver: object  # restores the checkpoint's (EMA) weights into the graph
+    used_moving_averages: bool
+
+
+def build_inference_graph(source, model_name=None, image_size=None, num_classes=None, labels=None,
+                          post=PostProcessing(), resize_mode="warp", use_moving_averages=True, input_name="images"):
+    """In the default graph: a string placeholder, the serving graph, and the saver of ``source``'s checkpoint."""
+    net = build_network(source, model_name, serving_num_classes(source, model_name, image_size, num_classes),
+                        image_size)
+    labels = labels_for(source, net.params.num_classes, labels)
+    check_checkpoint_classes(source.checkpoint_prefix, net, f"the network ({len(labels) - 1} classes)")
+    images = tf1.placeholder(tf.string, [None], name=input_name)
+    outputs = build_serving_graph(net, images, labels, post, resize_mode)
+    mapping, used_ema = restore_variables_map(source.checkpoint_prefix, use_moving_averages=use_moving_averages)
+    return InferenceGraph(net, labels, images, outputs, tf1.train.Saver(mapping), used_ema)
