@@ -260,7 +260,8 @@ def keep_if_best(eval_dir, checkpoint_prefix, record, metric, train_dir=None):
     return True
 
 
-def evaluate_checkpoint(evaluation, checkpoint_prefix, eval_dir, writer, opts, train_dir=None, out=sys.stdout):
+def evaluate_checkpoint(evaluation, checkpoint_prefix, eval_dir, writer, opts, train_dir=None, out=None):
+    out = out or sys.stdout
     result, coco, used_ema = evaluation.run(checkpoint_prefix)
     global_step = ssd_eval.checkpoint_global_step(checkpoint_prefix)
     print(f"\n{checkpoint_prefix} (global step {global_step}, {'EMA' if used_ema else 'raw'} weights) on "
@@ -276,7 +277,7 @@ def evaluate_checkpoint(evaluation, checkpoint_prefix, eval_dir, writer, opts, t
     return record
 
 
-def evaluate(opts, out=sys.stdout):
+def evaluate(opts, out=None):
     """Runs the evaluation ``opts`` describe; returns the metrics records written (one per checkpoint)."""
     if opts.wait_for_checkpoints and not tf.io.gfile.isdir(opts.checkpoint_path):
         raise ValueError(f"--wait_for_checkpoints needs a training directory, got {opts.checkpoint_path}")
