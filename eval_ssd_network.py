@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import types
 
@@ -191,9 +190,9 @@ class Evaluation:
     def run(self, checkpoint_prefix):
         """(EvaluationResult, CocoMetrics or None, used_moving_averages) of one checkpoint."""
         opts = self.opts
+        class_names = [self.labels[i] for i in sorted(self.labels) if i]
         ssd_eval.check_checkpoint_classes(
-            checkpoint_prefix, self.net,
-            f"dataset '{self.spec.name}' ({self.spec.dataset_dir}, classes {[self.labels[i] for i in sorted(self.labels) if i]})")
+            checkpoint_prefix, self.net, f"dataset '{self.spec.name}' ({self.spec.dataset_dir}, classes {class_names})")
         with self.graph.as_default():
             mapping, used_ema = ssd_eval.restore_variables_map(
                 checkpoint_prefix, use_moving_averages=not opts.no_moving_averages)

@@ -50,7 +50,8 @@ def build_parser():
     add("--image_size", default=None, help="Network input 'S' or 'H,W'; default: the training config's.")
     add("--num_classes", type=int, default=None,
         help="Classes with background; default: the training config's, else read from the checkpoint.")
-    add("--labels_file", default=None, help="A labels.txt (id:name) for the class names; default: the training config's.")
+    add("--labels_file", default=None,
+        help="A labels.txt (id:name) for the class names; default: the training config's.")
     add("--resize_mode", choices=ssd_vgg_preprocessing.RESIZE_MODES, default="warp", help="Input resizing.")
     add("--select_threshold", type=float, default=ssd_eval.DEFAULT_SELECT_THRESHOLD, help="Minimum class score.")
     add("--nms_threshold", type=float, default=ssd_eval.DEFAULT_NMS_THRESHOLD, help="Per-class NMS IoU.")
