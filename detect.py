@@ -1,0 +1,224 @@
+#!/usr/bin/env python
+"""Detects objects in image files with an exported SavedModel or a checkpoint, and draws them.
+
+    python detect.py --saved_model=export/1 images/*.jpg --output_dir=out/
+    python detect.py --checkpoint_path=ckpt/fine_tuning images/ --output_dir=out/ --min_score=0.3
+
+Inputs are image files and folders (their images, not recursive unless ``--recursive``).
+For each image the output folder gets a copy with the boxes, class names and scores drawn
+(Pillow), under the input's file name (PNG inputs stay PNG, the rest become JPEG); all
+detections go to ``detections.json`` and ``detections.csv`` (boxes in original image
+pixels: ymin, xmin, ymax, xmax). With a checkpoint the network is rebuilt from the training
+directory's configuration and the thresholds are the flags below; a SavedModel has its
+thresholds from export. ``--min_score`` filters what is drawn and written in both cases.
+"""
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+
+import package_guard
+
+package_guard.ensure_project_packages()
+
+from absl import logging  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+
+from evaluation import detectors, progress as progress_lib, ssd_eval  # noqa: E402
+from preprocessing import ssd_vgg_preprocessing  # noqa: E402
+from preprocessing.visualization import BOX_COLOURS  # noqa: E402
+from tf_compat import tf1  # noqa: E402
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+JSON_FILE = "detections.json"
+CSV_FILE = "detections.csv"
+CSV_FIELDS = ("file", "class_id", "class_name", "score", "ymin", "xmin", "ymax", "xmax")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("inputs", nargs="+", help="Image files and/or folders of images.")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--saved_model", help="A SavedModel folder written by export_ssd_network.py.")
+    model.add_argument("--checkpoint_path", help="A training directory (its latest checkpoint) or a checkpoint prefix.")
+    add("--output_dir", required=True, help="Where the drawn images, detections.json and detections.csv go.")
+    add("--min_score", type=float, default=0.5, help="Keep (draw, write) detections with at least this score.")
+    add("--batch_size", type=int, default=8, help="Images per run of the model.")
+    add("--recursive", action="store_true", help="Also take images in sub-folders of folder inputs.")
+    add("--no_images", action="store_true", help="Write only the JSON and CSV, no drawn images.")
+    add("--progress_every_secs", type=float, default=10.0, help="Progress line (rate, ETA) this often.")
+    group = parser.add_argument_group("checkpoint only (a SavedModel keeps its export settings)")
+    group.add_argument("--model_name", default=None, help="Network; default: the training config's.")
+    group.add_argument("--image_size", default=None, help="Network input 'S' or 'H,W'; default: the training config's.")
+    group.add_argument("--resize_mode", choices=ssd_vgg_preprocessing.RESIZE_MODES, default="warp")
+    group.add_argument("--select_threshold", type=float, default=ssd_eval.DEFAULT_SELECT_THRESHOLD)
+    group.add_argument("--nms_threshold", type=float, default=ssd_eval.DEFAULT_NMS_THRESHOLD)
+    group.add_argument("--top_k", type=int, default=ssd_eval.DEFAULT_TOP_K)
+    group.add_argument("--keep_top_k", type=int, default=ssd_eval.DEFAULT_KEEP_TOP_K)
+    group.add_argument("--no_moving_averages", action="store_true", help="Use the raw weights, not the EMA.")
+    return parser
+
+
+def list_images(inputs, recursive=False):
+    """Image files named by ``inputs`` (files kept as given; folders expanded, sorted)."""
+    files = []
+    for path in inputs:
+        if os.path.isdir(path):
+            found = []
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+                if not recursive:
+                    break
+            if not found:
+                logging.warning("%s: no images (%s) in this folder", path, ", ".join(IMAGE_EXTENSIONS))
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return files
+
+
+def read_image_bytes(path):
+    """The file's bytes when Pillow can read it as an image, else None (with a warning naming the file)."""
+    with open(path, "rb") as stream:
+        data = stream.read()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.format not in ("JPEG", "PNG", "BMP", "GIF"):
+                raise ValueError(f"format {image.format} is not one TensorFlow decodes (JPEG, PNG, BMP, GIF)")
+    except Exception as err:  # noqa: BLE001  (Pillow raises many kinds for broken files)
+        logging.warning("Skipping %s: not a readable image (%s)", path, err)
+        return None
+    return data
+
+
+def image_detections(values, index, min_score):
+    """The detections of image ``index`` in a detector's output, as dicts, scores >= min_score."""
+    out = []
+    for k in range(int(values["num_detections"][index])):
+        score = float(values["scores"][index][k])
+        if score < min_score:
+            continue
+        ymin, xmin, ymax, xmax = (float(v) for v in values["boxes"][index][k])
+        out.append({"class_id": int(values["classes"][index][k]), "class_name": str(values["class_names"][index][k]),
+                    "score": score, "box": {"ymin": ymin, "xmin": xmin, "ymax": ymax, "xmax": xmax}})
+    return out
+
+
+def _font(height):
+    try:
+        return ImageFont.load_default(size=max(10, height // 40))
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def draw_detections(image, detections):
+    """A copy of the PIL image (RGB) with each detection's box and 'name score' drawn."""
+    image = image.convert("RGB")
+    draw = ImageDraw.Draw(image)
+    font = _font(image.height)
+    width = max(1, round(min(image.size) / 200))
+    for detection in detections:
+        colour = BOX_COLOURS[detection["class_id"] % len(BOX_COLOURS)]
+        box = detection["box"]
+        draw.rectangle([box["xmin"], box["ymin"], box["xmax"], box["ymax"]], outline=colour, width=width)
+        text = f"{detection['class_name']} {detection['score']:.2f}"
+        left, top, right, bottom = draw.textbbox((box["xmin"], box["ymin"]), text, font=font)
+        shift = min(bottom - top, box["ymin"])  # label above the box when there is room
+        draw.rectangle([left, top - shift, right, bottom - shift], fill=colour)
+        draw.text((box["xmin"], box["ymin"] - shift), text, fill=(0, 0, 0), font=font)
+    return image
+
+
+def _output_name(path, used):
+    stem, extension = os.path.splitext(os.path.basename(path))
+    extension = ".png" if extension.lower() == ".png" else ".jpg"
+    name, number = stem + extension, 1
+    while name in used:
+        number += 1
+        name = f"{stem}_{number}{extension}"
+    used.add(name)
+    return name
+
+
+def open_detector(opts):
+    if opts.saved_model:
+        return detectors.saved_model_detector(opts.saved_model)
+    post = ssd_eval.PostProcessing(opts.select_threshold, opts.nms_threshold, opts.top_k, opts.keep_top_k)
+    return detectors.checkpoint_detector(
+        opts.checkpoint_path, post=post, resize_mode=opts.resize_mode, model_name=opts.model_name,
+        image_size=opts.image_size, use_moving_averages=not opts.no_moving_averages)
+
+
+def detect(opts):
+    """Runs detection as ``opts`` say; returns the list written to detections.json."""
+    if opts.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {opts.batch_size}")
+    files = list_images(opts.inputs, opts.recursive)
+    if not files:
+        raise FileNotFoundError(f"no images in {opts.inputs}")
+    os.makedirs(opts.output_dir, exist_ok=True)
+    results, used_names = [], set()
+    with open_detector(opts) as detector:
+        logging.info("Detecting with %s on %d images", detector.description, len(files))
+        progress = progress_lib.Progress("detect", len(files), opts.progress_every_secs)
+        for start in range(0, len(files), opts.batch_size):
+            batch_files = files[start:start + opts.batch_size]
+            readable = [(path, data) for path in batch_files for data in [read_image_bytes(path)] if data is not None]
+            if readable:
+                values = detector.detect([data for _, data in readable])
+                for index, (path, data) in enumerate(readable):
+                    height, width = (int(v) for v in values["image_shape"][index])
+                    entry = {"file": path, "height": height, "width": width,
+                             "detections": image_detections(values, index, opts.min_score)}
+                    if not opts.no_images:
+                        entry["output"] = _output_name(path, used_names)
+                        with Image.open(io.BytesIO(data)) as image:
+                            draw_detections(image, entry["detections"]).save(
+                                os.path.join(opts.output_dir, entry["output"]))
+                    results.append(entry)
+            progress.update(len(batch_files))
+        progress.finish()
+    write_results(opts.output_dir, results)
+    count = sum(len(entry["detections"]) for entry in results)
+    logging.info("%d detections (score >= %.2f) in %d images written to %s", count, opts.min_score, len(results),
+                 opts.output_dir)
+    return results
+
+
+def write_results(output_dir, results):
+    with open(os.path.join(output_dir, JSON_FILE), "w", encoding="utf-8") as stream:
+        json.dump(results, stream, indent=1)
+    with open(os.path.join(output_dir, CSV_FILE), "w", encoding="utf-8", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(CSV_FIELDS)
+        for entry in results:
+            for d in entry["detections"]:
+                box = d["box"]
+                writer.writerow([entry["file"], d["class_id"], d["class_name"], f"{d['score']:.6f}",
+                                 f"{box['ymin']:.3f}", f"{box['xmin']:.3f}", f"{box['ymax']:.3f}",
+                                 f"{box['xmax']:.3f}"])
+
+
+def main(argv=None):
+    opts = build_parser().parse_args(argv)
+    tf1.disable_eager_execution()
+    logging.set_verbosity(logging.INFO)
+    try:
+        detect(opts)
+    except (FileNotFoundError, ValueError) as error:
+        logging.error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Exports an SSD checkpoint as a SavedModel that detects objects in encoded images.
+
+    python export_ssd_network.py --checkpoint_path=ckpt/fine_tuning --output_dir=export/1
+
+The serving signature (``serving_default``) takes ``images``: a batch of encoded image
+files (string [B]: JPEG, PNG, BMP or GIF bytes, any sizes) and returns, per image,
+``boxes`` [B, K, 4] float32 (ymin, xmin, ymax, xmax in pixels of the original image),
+``classes`` [B, K] int64, ``class_names`` [B, K] string, ``scores`` [B, K] float32,
+``num_detections`` [B] int32 and ``image_shape`` [B, 2] int32 (rows past num_detections
+are padding: class 0, name '', score 0). K is ``--keep_top_k``. The network, its input size
+and class names come from the training directory's ``training_config.json`` (flags
+override); the EMA weights are exported when the checkpoint has them. ``labels.txt`` and
+``export_config.json`` (thresholds, network, source checkpoint) are written as assets.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import package_guard
+
+package_guard.ensure_project_packages()
+
+from absl import logging  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from datasets import label_map  # noqa: E402
+from evaluation import ssd_eval  # noqa: E402
+from preprocessing import ssd_vgg_preprocessing  # noqa: E402
+from tf_compat import tf1  # noqa: E402
+
+SIGNATURE_NAME = "serving_default"
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("boxes", "classes", "class_names", "scores", "num_detections", "image_shape")
+EXPORT_CONFIG = "export_config.json"
+LABELS_FILE = "labels.txt"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("--checkpoint_path", required=True, help="A training directory (its latest checkpoint) or a checkpoint prefix.")
+    add("--output_dir", required=True, help="SavedModel folder to create (must not exist, see --overwrite).")
+    add("--overwrite", action="store_true", help="Replace --output_dir if it exists.")
+    add("--model_name", default=None, help="Network; default: the training config's (else ssd_300_vgg).")
+    add("--image_size", default=None, help="Network input 'S' or 'H,W'; default: the training config's.")
+    add("--num_classes", type=int, default=None,
+        help="Classes with background; default: the training config's, else read from the checkpoint.")
+    add("--labels_file", default=None,
+        help="A labels.txt (id:name) for the class names; default: the training config's.")
+    add("--resize_mode", choices=ssd_vgg_preprocessing.RESIZE_MODES, default="warp", help="Input resizing.")
+    add("--select_threshold", type=float, default=ssd_eval.DEFAULT_SELECT_THRESHOLD, help="Minimum class score.")
+    add("--nms_threshold", type=float, default=ssd_eval.DEFAULT_NMS_THRESHOLD, help="Per-class NMS IoU.")
+    add("--top_k", type=int, default=ssd_eval.DEFAULT_TOP_K, help="Candidates per class before NMS.")
+    add("--keep_top_k", type=int, default=ssd_eval.DEFAULT_KEEP_TOP_K, help="Detections per image (K).")
+    add("--no_moving_averages", action="store_true", help="Export the raw weights even when the EMA is stored.")
+    return parser
+
+
+def build_inference_graph(source, opts):
+    """In the default graph: the serving graph of ``source`` as ``opts`` (this script's flags) say."""
+    labels = label_map.read_label_map(opts.labels_file) if opts.labels_file else None
+    return ssd_eval.build_inference_graph(
+        source, model_name=opts.model_name, image_size=opts.image_size, num_classes=opts.num_classes,
+        labels=label_map.labels_to_names(labels) if labels else None,
+        post=ssd_eval.PostProcessing(opts.select_threshold, opts.nms_threshold, opts.top_k, opts.keep_top_k),
+        resize_mode=opts.resize_mode, use_moving_averages=not opts.no_moving_averages, input_name=INPUT_NAME)
+
+
+def export(opts):
+    """Writes the SavedModel; returns its directory."""
+    source = ssd_eval.load_model_source(opts.checkpoint_path)
+    output_dir = opts.output_dir
+    if tf.io.gfile.exists(output_dir):
+        if not opts.overwrite:
+            raise FileExistsError(f"{output_dir} exists; choose a new --output_dir (e.g. export/2) or pass --overwrite")
+        tf.io.gfile.rmtree(output_dir)
+    graph = tf.Graph()
+    with graph.as_default():
+        inference = build_inference_graph(source, opts)
+        net, labels, images, outputs = inference.net, inference.labels, inference.images, inference.outputs
+        saver, used_ema = inference.saver, inference.used_moving_averages
+        config = {
+            "checkpoint": source.checkpoint_prefix,
+            "global_step": ssd_eval.checkpoint_global_step(source.checkpoint_prefix),
+            "moving_averages": used_ema,
+            "model_name": net.name,
+            "image_size": list(net.params.img_shape),
+            "num_classes": net.params.num_classes,
+            "labels": {str(k): v for k, v in labels.items()},
+            "resize_mode": opts.resize_mode,
+            "select_threshold": opts.select_threshold,
+            "nms_threshold": opts.nms_threshold,
+            "top_k": opts.top_k,
+            "keep_top_k": opts.keep_top_k,
+            "signature": SIGNATURE_NAME,
+            "inputs": {INPUT_NAME: "string [B]: encoded JPEG/PNG/BMP/GIF images"},
+            "outputs": list(OUTPUT_NAMES),
+        }
+        assets_dir = tempfile.mkdtemp(prefix="ssd_export_assets_")
+        try:
+            asset_paths = _write_assets(assets_dir, labels, config)
+            asset_tensors = [tf.constant(path, name=f"asset_{os.path.basename(path).replace('.', '_')}")
+                             for path in asset_paths]
+            for tensor in asset_tensors:
+                tf1.add_to_collection(tf1.GraphKeys.ASSET_FILEPATHS, tensor)
+            signature = tf1.saved_model.signature_def_utils.predict_signature_def(
+                inputs={INPUT_NAME: images}, outputs={name: outputs[name] for name in OUTPUT_NAMES})
+            builder = tf1.saved_model.Builder(output_dir)
+            with tf1.Session(graph=graph) as session:
+                saver.restore(session, source.checkpoint_prefix)
+                builder.add_meta_graph_and_variables(
+                    session, [tf1.saved_model.tag_constants.SERVING],
+                    signature_def_map={SIGNATURE_NAME: signature},
+                    assets_collection=tf1.get_collection(tf1.GraphKeys.ASSET_FILEPATHS),
+                    strip_default_attrs=True,
+                )
+            builder.save()
+        finally:
+            tf.io.gfile.rmtree(assets_dir)
+    logging.info("Exported %s (step %d, %s weights, %s %s, %d classes) to %s", source.checkpoint_prefix,
+                 config["global_step"], "EMA" if used_ema else "raw", net.name, net.params.img_shape,
+                 net.params.num_classes, output_dir)
+    return output_dir
+
+
+def _write_assets(directory, labels, config):
+    labels_path = os.path.join(directory, LABELS_FILE)
+    label_map.write_label_map(labels_path, {i: n for i, n in labels.items() if i})
+    config_path = os.path.join(directory, EXPORT_CONFIG)
+    with open(config_path, "w", encoding="utf-8") as stream:
+        json.dump(config, stream, indent=2)
+    return [labels_path, config_path]
+
+
+def main(argv=None):
+    opts = build_parser().parse_args(argv)
+    tf1.disable_eager_execution()
+    logging.set_verbosity(logging.INFO)
+    try:
+        export(opts)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        logging.error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
