@@ -64,7 +64,7 @@ class ClassCountConversion:
         ]
         if self.left_out:
             shown = ", ".join(self.left_out[:3]) + (" ..." if len(self.left_out) > 3 else "")
-            lines.append(f"not written: {len(self.left_out)} variables of {self.source} that are not model "
+            lines.append(f"not written: {len(self.left_out)} variable(s) of {self.source} that are not model "
                          f"variables of {self.network} (optimizer slots, moving averages, global_step): {shown}")
         return "\n".join(lines)
 

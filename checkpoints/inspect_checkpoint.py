@@ -43,9 +43,6 @@ from datasets import dataset_factory  # noqa: E402
 from deployment import checkpoint_init, model_deploy  # noqa: E402
 from tf_compat import slim, tf1  # noqa: E402
 
-flags.DEFINE_integer("num_classes", None,
-                     "Class count (background included) to build the network for, instead of the dataset's; "
-                     "then no dataset is read and 'initialised fresh' counts model variables only.")
 
 RESTORE = "restore"
 SKIP = "skip"
@@ -206,7 +203,17 @@ def inspect(opts, num_classes=None):
                       checkpoint_shapes=checkpoint_shapes)
 
 
+def _define_num_classes_flag():
+    # Defined when the command runs, not on import: other modules importing this one may have their own.
+    if "num_classes" not in flags.FLAGS:
+        flags.DEFINE_integer("num_classes", None,
+                             "Class count (background included) to build the network for, instead of the "
+                             "dataset's; then no dataset is read and 'initialised fresh' counts model variables only.")
+
+
 def main(argv=None):
+    _define_num_classes_flag()
+
     def run(unused_argv):
         tf1.disable_eager_execution()
         logging.set_verbosity(logging.WARNING)

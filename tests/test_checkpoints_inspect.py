@@ -118,6 +118,15 @@ def test_network_only_mode_lists_restores_skips_and_fresh(tmp_path):
     assert "59 restored, 12 skipped (shape differs), 0 excluded, 0 missing from checkpoint, 12 initialised fresh" \
         in lines[-1]
 
+    # A checkpoint in train_dir wins, as in the trainer.
+    resumed = inspect_checkpoint.inspect(
+        train_ssd_network.default_options(train_dir=str(tmp_path / "voc"), checkpoint_path=prefix, image_size="96"),
+        num_classes=4)
+    assert resumed.plan.source == "resume" and resumed.checkpoint_shapes == {}
+    assert "ignores --checkpoint_path" in resumed.lines()[1]
+    assert resumed.lines()[-1] == (
+        f"Initialization: resuming from {prefix} (checkpoint found in train_dir {tmp_path / 'voc'})")
+
 
 def test_command_reports_a_stop_and_bad_paths(tmp_path):
     prefix = save_ssd_checkpoint(str(tmp_path / "other"), num_classes=4, scope="detector")
