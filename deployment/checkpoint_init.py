@@ -10,7 +10,11 @@ Precedence, decided by :func:`plan_initialization` and logged in one line by
    ``vgg_16`` ImageNet checkpoint into ``ssd_300_vgg``), leaving out
    ``checkpoint_exclude_scopes``, and skipping with a warning the variables whose shape
    differs from the checkpoint's (class heads for another class count). Variables the
-   checkpoint lacks are an error unless ``ignore_missing_vars``.
+   checkpoint lacks are an error unless ``ignore_missing_vars``, except, with a
+   ``checkpoint_model_scope`` other than ``model_scope`` (a checkpoint of another network,
+   e.g. ``vgg_16``), whole layers that network does not have (``conv6``, ``block8``, the
+   ``*_box`` heads): those start fresh, listed as missing. A variable missing from a layer the
+   checkpoint does have (``vgg_16/conv5/conv5_3/biases`` without its weights) is still an error.
 3. scratch, with a warning.
 
 A ``checkpoint_path`` that does not exist is an error, unless it is the default
@@ -46,7 +50,7 @@ class InitializationPlan:
         for variables left fresh because the shapes (or dtypes) differ.
       excluded: variable names left fresh by ``checkpoint_exclude_scopes``.
       missing: (variable name, name in checkpoint) the checkpoint lacks (left fresh
-        with ``ignore_missing_vars``).
+        with ``ignore_missing_vars``, or as layers another network's checkpoint does not have).
       fresh: names of all global variables initialised by their initializers.
       reason: why this source was chosen (a path, a warning).
     """
@@ -96,6 +100,30 @@ def _map_name(name, model_scope, checkpoint_model_scope, var_name_map_fn):
     return name
 
 
+def _layer_of(ckpt_name, checkpoint_model_scope):
+    """The layer scope of a checkpoint name: the model scope and one more component."""
+    depth = len(checkpoint_model_scope.split("/")) if checkpoint_model_scope else 0
+    return "/".join(ckpt_name.split("/")[: depth + 1])
+
+
+def _missing_from_covered_layers(missing, ckpt_shapes, checkpoint, checkpoint_model_scope):
+    """The missing variables of layers the checkpoint's network has; with a checkpoint of another
+    network (``vgg_16``), layers it never had (SSD's extra blocks and heads) are fresh, not errors.
+    A checkpoint with nothing under ``checkpoint_model_scope`` is an error (a wrong scope)."""
+    if checkpoint_model_scope:
+        names = [name for name in ckpt_shapes if in_scope(name, checkpoint_model_scope)]
+    else:
+        names = list(ckpt_shapes)
+    if not names:
+        scopes = ", ".join(sorted({name.split("/", 1)[0] for name in ckpt_shapes}))
+        raise ValueError(
+            f"checkpoint {checkpoint} has no variables under --checkpoint_model_scope={checkpoint_model_scope} "
+            f"(its top-level scopes: {scopes})"
+        )
+    covered = {_layer_of(name, checkpoint_model_scope) for name in names}
+    return [(name, ckpt_name) for name, ckpt_name in missing if _layer_of(ckpt_name, checkpoint_model_scope) in covered]
+
+
 def _resolve_checkpoint(path):
     """A checkpoint prefix for ``path`` (prefix or directory), or None if there is none."""
     if tf.io.gfile.isdir(path):
@@ -138,8 +166,9 @@ def plan_initialization(
 
     Raises:
       FileNotFoundError: ``checkpoint_path`` names no checkpoint (and is not the default).
-      ValueError: variables missing from the checkpoint without ``ignore_missing_vars``;
-        ``checkpoint_model_scope`` without ``model_scope``.
+      ValueError: variables missing from the checkpoint without ``ignore_missing_vars`` (see
+        the module docstring for another network's layers); ``checkpoint_model_scope`` without
+        ``model_scope``, or naming no scope of the checkpoint.
     """
     all_names = [v.op.name for v in tf1.global_variables()]
     if train_dir:
@@ -189,12 +218,16 @@ def plan_initialization(
             continue
         plan.restore.append((name, ckpt_name))
     if plan.missing and not ignore_missing_vars:
-        shown = ", ".join(f"{n} (as {c})" for n, c in plan.missing[:10])
-        raise ValueError(
-            f"{len(plan.missing)} variable(s) are not in checkpoint {checkpoint}: {shown}"
-            f"{' ...' if len(plan.missing) > 10 else ''}. Check --checkpoint_model_scope/--model_scope, "
-            "exclude them with --checkpoint_exclude_scopes, or pass --ignore_missing_vars."
-        )
+        errors = plan.missing
+        if checkpoint_model_scope is not None and checkpoint_model_scope != model_scope:
+            errors = _missing_from_covered_layers(plan.missing, ckpt_shapes, checkpoint, checkpoint_model_scope)
+        if errors:
+            shown = ", ".join(f"{n} (as {c})" for n, c in errors[:10])
+            raise ValueError(
+                f"{len(errors)} variable(s) are not in checkpoint {checkpoint}: {shown}"
+                f"{' ...' if len(errors) > 10 else ''}. Check --checkpoint_model_scope/--model_scope, "
+                "exclude them with --checkpoint_exclude_scopes, or pass --ignore_missing_vars."
+            )
     restored = {name for name, _ in plan.restore}
     plan.fresh = [name for name in all_names if name not in restored]
     if not plan.restore:

@@ -1,0 +1,232 @@
+"""The trainer's init_fn as a dry run: what a checkpoint would give the network, before training.
+
+    python -m checkpoints.inspect_checkpoint --checkpoint_path=ckpt/pre_trained \\
+        --checkpoint_model_scope=vgg_16 --dataset_dir=data/bccd --image_size=300
+
+lists the checkpoint's variables and shapes, says for each whether the network restores it,
+skips it (shape differs: class heads of another class count) or does not use it, lists the
+network's variables that start fresh, and ends with the line the trainer logs.
+
+It takes the trainer's own flags (``train_ssd_network.py``: ``--train_dir``, ``--model_name``,
+``--image_size``, ``--checkpoint_exclude_scopes``, ``--ignore_missing_vars``, ``--optimizer``, ...)
+and builds what the trainer builds, then asks ``deployment.checkpoint_init.plan_initialization``
+with the arguments the trainer passes, so its counts are the trainer's by construction:
+
+- by default the whole training graph (``train_ssd_network.build_training_graph``) for the
+  dataset of ``--dataset_dir`` (or the built-in sample dataset, as the trainer): every count of
+  the summary line, "initialised fresh" included, is what the trainer logs;
+- with ``--num_classes=N`` (background included) no dataset is needed: the network is built
+  once per clone by the trainer's clone function from stand-in batches. Restored, skipped,
+  excluded and missing are the trainer's; "initialised fresh" then counts model variables only
+  (the trainer adds ``global_step``, optimizer slots and the other training state).
+
+Exit status: 0 when the trainer would start, 1 when it would stop on the checkpoint (the
+reason is printed after the listing), 2 for unusable arguments.
+"""
+
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import package_guard  # noqa: E402
+
+package_guard.ensure_project_packages()
+
+from absl import app, flags, logging  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import train_ssd_network  # noqa: E402  (defines the trainer's flags, which this command takes)
+from datasets import dataset_factory  # noqa: E402
+from deployment import checkpoint_init, model_deploy  # noqa: E402
+from tf_compat import slim, tf1  # noqa: E402
+
+
+RESTORE = "restore"
+SKIP = "skip"
+UNUSED = "unused"
+
+
+@dataclasses.dataclass
+class Inspection:
+    """The dry run's result.
+
+    Attributes:
+      plan: the :class:`deployment.checkpoint_init.InitializationPlan` the trainer would follow
+        (computed with ``ignore_missing_vars`` when the trainer would stop, to list everything).
+      error: why the trainer would stop on this checkpoint, or None.
+      network: description of the network built.
+      model_variables: {name: shape} of the network's model variables.
+      num_global_variables: all global variables of the graph built.
+      training_graph: whether the whole training graph was built (else the network only).
+      checkpoint_shapes: {name: shape} of the checkpoint planned from ({} for scratch).
+    """
+
+    plan: checkpoint_init.InitializationPlan
+    error: str | None
+    network: str
+    model_variables: dict
+    num_global_variables: int
+    training_graph: bool
+    checkpoint_shapes: dict
+
+    def checkpoint_status(self):
+        """[(checkpoint name, shape, status, network variable or None, network shape or None)] by name."""
+        restored = {ckpt_name: name for name, ckpt_name in self.plan.restore}
+        skipped = {ckpt_name: name for name, ckpt_name, _, _ in self.plan.skipped}
+        rows = []
+        for ckpt_name in sorted(self.checkpoint_shapes):
+            shape = list(self.checkpoint_shapes[ckpt_name])
+            if ckpt_name in restored:
+                rows.append((ckpt_name, shape, RESTORE, restored[ckpt_name], shape))
+            elif ckpt_name in skipped:
+                name = skipped[ckpt_name]
+                rows.append((ckpt_name, shape, SKIP, name, list(self.model_variables[name])))
+            else:
+                rows.append((ckpt_name, shape, UNUSED, None, None))
+        return rows
+
+    def lines(self):
+        """The report, one line each (the last is the trainer's summary line)."""
+        plan = self.plan
+        lines = [f"network: {self.network}, {len(self.model_variables)} model variables, "
+                 f"{self.num_global_variables} global variables "
+                 f"({'the whole training graph' if self.training_graph else 'the network only'})"]
+        if plan.source == checkpoint_init.RESUME:
+            lines.append(f"the trainer resumes from {plan.checkpoint} (its whole training state) and ignores "
+                         "--checkpoint_path; use another --train_dir to start from --checkpoint_path")
+        elif self.checkpoint_shapes:
+            rows = self.checkpoint_status()
+            parameters = sum(int(np.prod(shape, dtype=np.int64)) for _, shape, *_ in rows)
+            lines.append(f"checkpoint {plan.checkpoint}: {len(rows)} variables, {parameters:,} parameters")
+            for ckpt_name, shape, status, name, shape_in_network in rows:
+                if status == RESTORE:
+                    target = "" if name == ckpt_name else f" -> {name}"
+                    lines.append(f"  restore  {ckpt_name} {shape}{target}")
+                elif status == SKIP:
+                    lines.append(f"  skip     {ckpt_name} {shape} -> {name} {shape_in_network} (shape differs)")
+                else:
+                    lines.append(f"  unused   {ckpt_name} {shape}")
+            fresh = [(name, "skipped: shape differs") for name, _, _, _ in plan.skipped]
+            fresh += [(name, "excluded by --checkpoint_exclude_scopes") for name in plan.excluded]
+            fresh += [(name, f"not in checkpoint as {ckpt_name}") for name, ckpt_name in plan.missing]
+            lines.append(f"network variables initialised fresh: {len(fresh)} model variables")
+            for name, why in sorted(fresh):
+                lines.append(f"  fresh    {name} {list(self.model_variables[name])} ({why})")
+            others = len(plan.fresh) - len(fresh)
+            if others:
+                lines.append(f"  and {others} other variables (global_step, optimizer slots, moving averages)")
+        if self.error:
+            lines.append(f"the trainer would stop: {self.error}")
+        else:
+            lines.append(plan.summary_line())
+        return lines
+
+
+class _StandInBatches:
+    """What the trainer's input iterator yields, as placeholders: the clone function builds on them."""
+
+    def __init__(self, opts, net):
+        height, width = net.params.img_shape
+        batch = {
+            "image": tf1.placeholder(tf.float32, [opts.batch_size, height, width, 3], name="image"),
+            "labels": tf1.placeholder(tf.int64, [opts.batch_size, None], name="labels"),
+            "boxes": tf1.placeholder(tf.float32, [opts.batch_size, None, 4], name="boxes"),
+        }
+        if opts.encode_targets_in == "input":
+            gclasses, glocalisations, gscores = net.bboxes_encode(
+                batch["labels"], batch["boxes"], match_threshold=opts.match_threshold,
+                negative_threshold=opts.negative_threshold)
+            batch.update(gclasses=gclasses, glocalisations=glocalisations, gscores=gscores)
+        self._batch = batch
+
+    def get_next(self):
+        return self._batch
+
+
+def build_network_only(opts, num_classes):
+    """The network (with its loss) once per clone, as the trainer's clone function builds it."""
+    deploy_config = model_deploy.DeploymentConfig(num_clones=opts.num_clones, clone_on_cpu=opts.clone_on_cpu)
+    tf1.set_random_seed(opts.seed)
+    net = train_ssd_network.build_network(opts, num_classes)
+    with tf1.device(deploy_config.inputs_device()), tf.name_scope("input"):
+        batches = _StandInBatches(opts, net)
+    clone_fn = train_ssd_network.make_clone_fn(opts, net, batches, deploy_config, {})
+    model_deploy.create_clones(deploy_config, clone_fn)
+    return net
+
+
+def build_training_graph(opts):
+    """The trainer's whole training graph for the dataset the options name."""
+    spec = train_ssd_network.resolve_dataset(opts)
+    return train_ssd_network.build_training_graph(opts, spec).net
+
+
+def inspect(opts, num_classes=None):
+    """Builds the graph (see the module docstring) and plans the initialisation; returns :class:`Inspection`.
+
+    ``opts`` are the trainer's options (``train_ssd_network.default_options(...)``).
+
+    Raises:
+      FileNotFoundError: ``checkpoint_path`` names no checkpoint (as in the trainer).
+      dataset_factory.DatasetError: no usable dataset (whole-graph mode).
+    """
+    with tf.Graph().as_default():
+        net = build_network_only(opts, num_classes) if num_classes else build_training_graph(opts)
+        model_variables = {v.op.name: tuple(v.shape.as_list()) for v in slim.get_model_variables()}
+        num_global_variables = len(tf1.global_variables())
+        # The arguments train_ssd_network.train passes to checkpoint_init.get_init_fn.
+        arguments = dict(
+            checkpoint_exclude_scopes=opts.checkpoint_exclude_scopes,
+            checkpoint_model_scope=opts.checkpoint_model_scope, model_scope=net.name,
+        )
+        error = None
+        try:
+            plan = checkpoint_init.plan_initialization(
+                opts.train_dir, opts.checkpoint_path, ignore_missing_vars=opts.ignore_missing_vars, **arguments)
+        except ValueError as stop:
+            if opts.ignore_missing_vars:
+                raise
+            error = str(stop)
+            plan = checkpoint_init.plan_initialization(
+                opts.train_dir, opts.checkpoint_path, ignore_missing_vars=True, **arguments)
+    checkpoint_shapes = {}
+    if plan.source == checkpoint_init.CHECKPOINT or (plan.checkpoint and plan.source == checkpoint_init.SCRATCH):
+        reader = tf.train.load_checkpoint(plan.checkpoint)
+        checkpoint_shapes = {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
+    height, width = net.params.img_shape
+    description = f"{net.name}, {net.params.num_classes} classes, input {height}x{width}"
+    return Inspection(plan=plan, error=error, network=description, model_variables=model_variables,
+                      num_global_variables=num_global_variables, training_graph=not num_classes,
+                      checkpoint_shapes=checkpoint_shapes)
+
+
+def _define_num_classes_flag():
+    # Defined when the command runs, not on import: other modules importing this one may have their own.
+    if "num_classes" not in flags.FLAGS:
+        flags.DEFINE_integer("num_classes", None,
+                             "Class count (background included) to build the network for, instead of the "
+                             "dataset's; then no dataset is read and 'initialised fresh' counts model variables only.")
+
+
+def main(argv=None):
+    _define_num_classes_flag()
+
+    def run(unused_argv):
+        tf1.disable_eager_execution()
+        logging.set_verbosity(logging.WARNING)
+        try:
+            result = inspect(train_ssd_network.options_from_flags(), num_classes=flags.FLAGS.num_classes)
+        except (FileNotFoundError, ValueError, dataset_factory.DatasetError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print("\n".join(result.lines()))
+        return 1 if result.error else 0
+
+    app.run(lambda argv: sys.exit(run(argv)), argv=argv)
+
+
+if __name__ == "__main__":
+    main()
