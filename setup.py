@@ -5,7 +5,18 @@ from setuptools import setup
 # Top-level scripts are installed as modules so the console entry points below can
 # import them; each entry point is the same program as `python <script>.py`.
 SCRIPTS = {
-    "tf_convert_data": "tf_convert_data:main",
+    # console command: module
+    "tf_convert_data": "tf_convert_data",
+    "train_ssd_network": "train_ssd_network",
+    "eval_ssd_network": "eval_ssd_network",
+    "export_ssd_network": "export_ssd_network",
+    "ssd_detect": "detect",
+}
+TOOLS = {
+    "ssd_convert_keras_vgg16": "checkpoints.convert_keras_vgg16",
+    "ssd_check_vgg16_imagenet": "checkpoints.vgg16_imagenet_check",
+    "ssd_convert_class_count": "checkpoints.convert_class_count",
+    "ssd_inspect_checkpoint": "checkpoints.inspect_checkpoint",
 }
 
 setup(
@@ -16,7 +27,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["datasets", "nets", "preprocessing", "deployment", "checkpoints", "evaluation"],
-    py_modules=["tf_compat", "package_guard", *SCRIPTS],
+    py_modules=["tf_compat", "package_guard", *SCRIPTS.values()],
     install_requires=[
         # tf_compat.py patches tf-slim 1.1.0 for TensorFlow 2.21 exactly; other
         # TensorFlow releases move the same internals elsewhere.
@@ -36,10 +47,6 @@ setup(
     },
     package_data={"checkpoints": ["*.json", "README.md"]},
     entry_points={
-        "console_scripts": [f"{name}={target}" for name, target in SCRIPTS.items()]
-        + [
-            "ssd_convert_keras_vgg16=checkpoints.convert_keras_vgg16:main",
-            "ssd_check_vgg16_imagenet=checkpoints.vgg16_imagenet_check:main",
-        ]
+        "console_scripts": [f"{command}={module}:main" for command, module in {**SCRIPTS, **TOOLS}.items()],
     },
 )

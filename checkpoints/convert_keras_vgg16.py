@@ -4,8 +4,8 @@
         --keras_weights=vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 \\
         --output=ckpt/pre_trained/vgg_16.ckpt
 
-then train with ``--checkpoint_path=ckpt/pre_trained --checkpoint_model_scope=vgg_16
---ignore_missing_vars``.
+then train with ``--checkpoint_path=ckpt/pre_trained --checkpoint_model_scope=vgg_16``
+(SSD's layers that a vgg_16 checkpoint never has start from their initialisers).
 The file with the dense layers (``vgg16_weights_tf_dim_ordering_tf_kernels.h5``) also gives
 fc6/fc7/fc8 and SSD's reduced conv6/conv7. After writing, the checkpoint is read back and
 its variable count, parameter count and a few names are printed.
@@ -50,9 +50,8 @@ def main(argv=None):
     has_reduced = f"{keras_vgg16.CHECKPOINT_SCOPE}/conv6/weights" in summary.shapes
     print("includes SSD's reduced conv6/conv7" if has_reduced
           else "no dense layers in the file: conv6/conv7 will start from their initialisers")
-    # SSD's extra blocks and box heads are never in a vgg_16 checkpoint, hence --ignore_missing_vars.
     print(f"train with: --checkpoint_path={os.path.dirname(summary.path)} "
-          f"--checkpoint_model_scope={keras_vgg16.CHECKPOINT_SCOPE} --ignore_missing_vars")
+          f"--checkpoint_model_scope={keras_vgg16.CHECKPOINT_SCOPE}")
     return 0
 
 
