@@ -44,8 +44,10 @@ def test_bccd_from_the_imagenet_vgg16_checkpoint_restores_26_variables_and_train
     inspected = run_command(["-m", "checkpoints.inspect_checkpoint", *flags], tmp_path / "cache")
     assert inspected.returncode == 0, inspected.stderr[-3000:]
     expected = inspected.stdout.strip().splitlines()[-1]
-    assert expected == (f"Initialization: restoring from {vgg16_checkpoint}: 26 restored, 0 skipped (shape differs), "
-                        "0 excluded, 45 missing from checkpoint, 117 initialised fresh")
+    # "initialised fresh" also counts the optimizer's slots, so it depends on --optimizer; the rest does not.
+    assert expected.startswith(f"Initialization: restoring from {vgg16_checkpoint}: 26 restored, 0 skipped (shape "
+                               "differs), 0 excluded, 45 missing from checkpoint, "), expected
+    assert expected.endswith(" initialised fresh")
     assert "  fresh    ssd_300_vgg/conv6/weights [3, 3, 512, 1024] (not in checkpoint as vgg_16/conv6/weights)" \
         in inspected.stdout
 
