@@ -90,7 +90,7 @@ class ClusterSettings:
 
 def parse_host_list(text, flag_name):
     """``'h1:p1,h2:p2'`` (or a list of entries) -> ('h1:p1', 'h2:p2'); ClusterError naming ``flag_name``."""
-    if text is None:
+    if text is None or (isinstance(text, str) and not text.strip()):
         return ()
     entries = text if isinstance(text, (list, tuple)) else str(text).split(",")
     hosts = []
