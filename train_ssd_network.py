@@ -16,6 +16,7 @@ batch and builds the network and the multibox loss on its device; the clone grad
 averaged on the optimizer device and applied there.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -29,7 +30,7 @@ from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from datasets import dataset_factory, sample_data  # noqa: E402
-from deployment import checkpoint_init, devices, learning_rate as lr_lib, model_deploy  # noqa: E402
+from deployment import checkpoint_init, cluster, devices, learning_rate as lr_lib, model_deploy  # noqa: E402
 from deployment import optimizers, summaries, train_op as train_op_lib  # noqa: E402
 from nets import nets_factory  # noqa: E402
 from preprocessing import preprocessing_factory, seeds, visualization  # noqa: E402
@@ -132,6 +133,19 @@ _define("integer", "num_summary_images", 3, "Training images (after augmentation
 _define("bool", "summarize_activations", True, "Histograms and sparsity of the feature layers.")
 _define("bool", "summarize_variables", True, "Histograms of the model variables.")
 
+# Distributed: TensorFlow's own runtime, ps tasks + workers (deployment/cluster.py). Empty host lists: one machine.
+_define("string", "ps_hosts", "", "Comma-separated host:port of the parameter-server tasks.")
+_define("string", "worker_hosts", "", "Comma-separated host:port of the workers; worker 0 is the chief.")
+_define("string", "job_name", "", "This task's job: 'ps' or 'worker' (with --ps_hosts/--worker_hosts).")
+_define("integer", "task_index", 0, "This task's index in its job.")
+_define("bool", "sync_replicas", False, "Synchronous training: each step averages the gradients of "
+        "--replicas_to_aggregate workers (SyncReplicasOptimizer). Default: asynchronous.")
+_define("integer", "replicas_to_aggregate", None, "Sync mode: worker gradients per step (default: all workers).")
+_define("float", "dist_startup_timeout_secs", cluster.DEFAULT_STARTUP_TIMEOUT_SECS,
+        "A worker fails if the ps tasks (or, for non-chief workers, the chief's model) are not up within this.")
+_define("float", "dist_operation_timeout_secs", cluster.DEFAULT_OPERATION_TIMEOUT_SECS,
+        "A distributed session.run (a step) fails after this long, e.g. when a ps died (<= 0: never).")
+
 CONFIG_FILE = "training_config.json"
 
 
@@ -190,10 +204,11 @@ def starting_global_step(train_dir):
     return int(reader.get_tensor("global_step")) if reader.has_tensor("global_step") else 0
 
 
-def build_input_dataset(opts, spec, net, data_seed):
+def build_input_dataset(opts, spec, net, data_seed, num_shards=1, shard_index=0):
     """Batches for the towers: dicts of image [B,H,W,3] float32, labels [B,N], boxes [B,N,4]
     (padded with label 0 / empty boxes) and, with targets encoded in the input pipeline,
-    gclasses [B,A], glocalisations [B,A,4], gscores [B,A]."""
+    gclasses [B,A], glocalisations [B,A,4], gscores [B,A]. Replica ``shard_index`` of
+    ``num_shards`` keeps every ``num_shards``-th batch (:func:`deployment.cluster.shard_batches`)."""
     preprocess = preprocessing_factory.get_preprocessing(opts.model_name, is_training=True)
     augmentation = _augmentation(opts)
     out_shape = net.params.img_shape
@@ -215,7 +230,8 @@ def build_input_dataset(opts, spec, net, data_seed):
         spec, is_training=True, seed=data_seed, num_readers=opts.num_readers,
         num_parallel_calls=opts.num_preprocessing_threads, shuffle_buffer_size=opts.shuffle_buffer_size,
     )
-    dataset = dataset.enumerate().map(prepare, num_parallel_calls=opts.num_preprocessing_threads, deterministic=True)
+    dataset = cluster.shard_batches(dataset.enumerate(), opts.batch_size, num_shards, shard_index)
+    dataset = dataset.map(prepare, num_parallel_calls=opts.num_preprocessing_threads, deterministic=True)
     dataset = dataset.padded_batch(opts.batch_size, drop_remainder=True)
     return dataset.prefetch(max(2, opts.num_clones))
 
@@ -268,7 +284,7 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None):
     global_step = model_deploy.get_or_create_global_step(deploy_config)
 
     with tf1.device(deploy_config.inputs_device()), tf.name_scope("input"):
-        dataset = build_input_dataset(opts, spec, net, data_seed)
+        dataset = build_input_dataset(opts, spec, net, data_seed, deploy_config.num_replicas, deploy_config.replica_id)
         iterator = tf1.data.make_one_shot_iterator(dataset)
 
     clone_fn = make_clone_fn(opts, net, iterator, deploy_config, spec.labels_to_names)
@@ -284,7 +300,7 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None):
             values=_float_list(opts.learning_rate_values, "learning_rate_values"),
             warmup_steps=opts.warmup_steps, num_samples_per_epoch=spec.num_samples,
             num_epochs_per_decay=opts.num_epochs_per_decay, batch_size=opts.batch_size,
-            num_clones=deploy_config.num_clones, num_replicas=deploy_config.num_replicas,
+            num_clones=deploy_config.num_clones, num_replicas=_replicas_per_step(opts, deploy_config),
         )
         optimizer = optimizers.configure_optimizer(
             opts.optimizer, learning_rate, momentum=opts.momentum, rmsprop_decay=opts.rmsprop_decay,
@@ -295,6 +311,11 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None):
             ftrl_initial_accumulator_value=opts.ftrl_initial_accumulator_value, ftrl_l1=opts.ftrl_l1,
             ftrl_l2=opts.ftrl_l2,
         )
+        sync_optimizer = None
+        if deploy_config.num_ps_tasks > 0 and opts.sync_replicas:
+            sync_optimizer = optimizer = tf1.train.SyncReplicasOptimizer(
+                optimizer, replicas_to_aggregate=_replicas_per_step(opts, deploy_config),
+                total_num_replicas=deploy_config.num_replicas)
 
     train = train_op_lib.build_train_op(
         deploy_config, clones, optimizer, global_step=global_step,
@@ -321,7 +342,15 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None):
     return types.SimpleNamespace(
         net=net, deploy_config=deploy_config, global_step=global_step, clones=clones, train=train,
         learning_rate=learning_rate, optimizer=optimizer, iterator=iterator, loss_terms=loss_terms,
+        sync_optimizer=sync_optimizer,
     )
+
+
+def _replicas_per_step(opts, deploy_config):
+    """Replica batches one global step trains on: all aggregated ones in sync mode, one when async."""
+    if deploy_config.num_ps_tasks > 0 and opts.sync_replicas:
+        return opts.replicas_to_aggregate or deploy_config.num_replicas
+    return 1
 
 
 def _loss_terms_of(clone, num_clones):
@@ -357,10 +386,19 @@ def write_configuration(train_dir, config):
 
 
 def train(opts):
-    """Runs training as the flags in ``opts`` say; returns the final total loss."""
+    """Runs training as the flags in ``opts`` say; returns the final total loss (a ps task serves until killed)."""
+    dist = cluster.settings_from_options(opts)
+    if dist is not None and dist.job_name == cluster.PS_JOB:
+        return cluster.start_server(dist).join()
     if opts.clone_on_cpu and opts.num_clones > 1:
         devices.split_cpu_into_logical_devices(opts.num_clones)
-    deploy_config = model_deploy.DeploymentConfig(num_clones=opts.num_clones, clone_on_cpu=opts.clone_on_cpu)
+    session_config = devices.session_config(opts.gpu_memory_fraction, opts.allow_growth)
+    if dist is None:
+        server = None
+        deploy_config = model_deploy.DeploymentConfig(num_clones=opts.num_clones, clone_on_cpu=opts.clone_on_cpu)
+    else:
+        server, deploy_config, session_config = _join_cluster(opts, dist, session_config)
+    is_chief = dist is None or dist.is_chief
     spec = resolve_dataset(opts)
     start_step = starting_global_step(opts.train_dir)
     # A resumed run must not replay the first run's data order and augmentations.
@@ -370,7 +408,7 @@ def train(opts):
     with graph.as_default():
         parts = build_training_graph(opts, spec, deploy_config, data_seed)
         config = effective_configuration(opts, spec, parts.net, deploy_config, data_seed)
-        path = write_configuration(opts.train_dir, config)
+        path = write_configuration(opts.train_dir, config) if is_chief else "the chief's train_dir"
         logging.info("Training %s on %s/%s (%d images, %d classes incl. background), %d clone(s) x batch %d, "
                      "%d anchors; configuration in %s", parts.net.name, spec.name, spec.split_name, spec.num_samples,
                      spec.num_classes, deploy_config.num_clones, opts.batch_size, parts.net.num_anchors, path)
@@ -378,7 +416,7 @@ def train(opts):
             opts.train_dir, opts.checkpoint_path, checkpoint_exclude_scopes=opts.checkpoint_exclude_scopes,
             checkpoint_model_scope=opts.checkpoint_model_scope, model_scope=parts.net.name,
             ignore_missing_vars=opts.ignore_missing_vars,
-        )
+        ) if is_chief else None
         saver = tf1.train.Saver(max_to_keep=opts.max_to_keep,
                                 keep_checkpoint_every_n_hours=opts.keep_checkpoint_every_n_hours,
                                 write_version=tf1.train.SaverDef.V2)
@@ -386,12 +424,29 @@ def train(opts):
             tensors_to_log={"learning_rate": parts.learning_rate, **parts.loss_terms},
             images_per_step=opts.batch_size * deploy_config.num_clones,
         )
-        return slim.learning.train(
-            parts.train.train_tensor, logdir=opts.train_dir, init_fn=init_fn, train_step_fn=train_step_fn,
-            number_of_steps=opts.max_number_of_steps, log_every_n_steps=opts.log_every_n_steps,
-            save_summaries_secs=opts.save_summaries_secs, save_interval_secs=opts.save_interval_secs, saver=saver,
-            session_config=devices.session_config(opts.gpu_memory_fraction, opts.allow_growth),
-        )
+        if not is_chief:
+            cluster.wait_for_chief_model(server.target, session_config, opts.dist_startup_timeout_secs)
+        sync_chief = parts.sync_optimizer is not None and is_chief
+        with cluster.sync_chief_stop_grace() if server is not None else contextlib.nullcontext():
+            return slim.learning.train(
+                parts.train.train_tensor, logdir=opts.train_dir, init_fn=init_fn, train_step_fn=train_step_fn,
+                number_of_steps=opts.max_number_of_steps, log_every_n_steps=opts.log_every_n_steps,
+                save_summaries_secs=opts.save_summaries_secs, save_interval_secs=opts.save_interval_secs,
+                saver=saver, session_config=session_config, master=server.target if server else "",
+                is_chief=is_chief, sync_optimizer=parts.sync_optimizer, ignore_live_threads=sync_chief,
+            )
+
+
+def _join_cluster(opts, dist, session_config):
+    """A worker: starts its server, waits for the ps tasks; returns (server, DeploymentConfig, session config)."""
+    session_config = cluster.distributed_session_config(dist, session_config, opts.dist_operation_timeout_secs)
+    server = cluster.start_server(dist, session_config)
+    cluster.wait_for_tasks(dist.ps_hosts, opts.dist_startup_timeout_secs)
+    deploy_config = model_deploy.DeploymentConfig(
+        num_clones=opts.num_clones, clone_on_cpu=opts.clone_on_cpu, replica_id=dist.task_index,
+        num_replicas=dist.num_workers, num_ps_tasks=dist.num_ps_tasks, cluster=dist.cluster_spec())
+    logging.info("Joined the cluster as %s: %s training", dist.describe(), "sync" if opts.sync_replicas else "async")
+    return server, deploy_config, session_config
 
 
 def main(argv=None):
@@ -403,9 +458,13 @@ def main(argv=None):
         except train_op_lib.NonFiniteLossError as error:
             logging.error("%s", error)
             return 1
-        except (dataset_factory.DatasetError, FileNotFoundError, ValueError) as error:
+        except (dataset_factory.DatasetError, FileNotFoundError, ValueError, cluster.ClusterError) as error:
             logging.error("%s", error)
             return 2
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+            logging.error("Lost the cluster (a ps task died or is unreachable; restart the cluster to resume from "
+                          "the last checkpoint): %s", str(error).splitlines()[0])
+            return 3
         return 0
 
     app.run(lambda argv: sys.exit(run(argv)), argv=argv)

@@ -1,0 +1,324 @@
+"""The cluster of a multi-machine run: parse the TF-1 flags, start this task's server, reach the ps.
+
+A multi-machine run is TensorFlow's own distributed runtime (DESIGN.md section 3): every task
+is started with the same ``--ps_hosts`` and ``--worker_hosts`` (comma-separated ``host:port``)
+and its own ``--job_name`` (``ps`` or ``worker``) and ``--task_index``. A ps task serves
+variables and blocks; worker ``task_index`` trains replica ``task_index``; worker 0 is the
+chief.
+
+Errors are :class:`ClusterError` with a message naming the flag and the value at fault, raised
+before any server starts: a host list that does not parse, a duplicate address, an unknown job,
+a task index out of range. :func:`wait_for_tasks` turns "the ps is not up" into a
+:class:`ClusterError` after a timeout instead of TensorFlow's endless "CreateSession still
+waiting for response from worker" loop.
+
+Sessions get :func:`distributed_session_config`: ``device_filters`` so that a worker only talks
+to the ps tasks and itself (a dead or slow *other* worker never blocks it), and
+``operation_timeout_in_ms`` so that a step whose ps died fails with ``DeadlineExceeded`` rather
+than hanging forever.
+
+Listening: TensorFlow's gRPC server binds ``0.0.0.0:<port>`` of the task's own address (the
+address in the host list is what the *other* tasks dial; the bind address is hard-coded in
+TensorFlow's ``grpc_server_lib.cc``). A task therefore listens on exactly the one port the user
+listed for it, on every interface of its machine; keep that port behind a firewall that admits
+only the cluster's machines. No other port is opened.
+"""
+
+import contextlib
+import dataclasses
+import errno
+import socket
+import time
+
+from absl import logging
+import tensorflow as tf
+
+from tf_compat import tf1
+
+PS_JOB = "ps"
+WORKER_JOB = "worker"
+JOB_NAMES = (PS_JOB, WORKER_JOB)
+
+DEFAULT_STARTUP_TIMEOUT_SECS = 120.0
+DEFAULT_OPERATION_TIMEOUT_SECS = 600.0
+
+
+class ClusterError(RuntimeError):
+    """The cluster flags are inconsistent, or a task cannot be reached."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSettings:
+    """This task's place in the cluster.
+
+    Attributes:
+      ps_hosts: the ps tasks' ``host:port``, task order.
+      worker_hosts: the workers' ``host:port``, task order (task 0 is the chief).
+      job_name: 'ps' or 'worker'.
+      task_index: this task's index in its job.
+    """
+
+    ps_hosts: tuple
+    worker_hosts: tuple
+    job_name: str
+    task_index: int
+
+    @property
+    def num_ps_tasks(self):
+        return len(self.ps_hosts)
+
+    @property
+    def num_workers(self):
+        return len(self.worker_hosts)
+
+    @property
+    def is_chief(self):
+        return self.job_name == WORKER_JOB and self.task_index == 0
+
+    @property
+    def address(self):
+        """This task's own ``host:port``."""
+        return (self.ps_hosts if self.job_name == PS_JOB else self.worker_hosts)[self.task_index]
+
+    def cluster_spec(self):
+        return tf.train.ClusterSpec({PS_JOB: list(self.ps_hosts), WORKER_JOB: list(self.worker_hosts)})
+
+    def describe(self):
+        return (f"{self.job_name} task {self.task_index} at {self.address}"
+                f"{' (chief)' if self.is_chief else ''} of {self.num_ps_tasks} ps + {self.num_workers} worker(s)")
+
+
+def parse_host_list(text, flag_name):
+    """``'h1:p1,h2:p2'`` (or a list of entries) -> ('h1:p1', 'h2:p2'); ClusterError naming ``flag_name``."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return ()
+    entries = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    hosts = []
+    for raw in entries:
+        entry = str(raw).strip()
+        if not entry:
+            raise ClusterError(f"--{flag_name}={text!r}: empty entry; expected comma-separated host:port")
+        host, sep, port_text = entry.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host_name = host[1:-1]
+        else:
+            host_name = host
+        if not sep or not host_name or ":" in host and not host.startswith("["):
+            raise ClusterError(
+                f"--{flag_name}: {entry!r} is not host:port (IPv6 hosts go in brackets, e.g. [::1]:2222)")
+        try:
+            port = int(port_text)
+        except ValueError:
+            port = -1
+        if not 1 <= port <= 65535:
+            raise ClusterError(f"--{flag_name}: {entry!r} has port {port_text!r}; expected an integer in [1, 65535]")
+        hosts.append(f"{host}:{port}")
+    duplicates = sorted({h for h in hosts if hosts.count(h) > 1})
+    if duplicates:
+        raise ClusterError(f"--{flag_name} lists {', '.join(duplicates)} more than once")
+    return tuple(hosts)
+
+
+def settings_from_flags(ps_hosts, worker_hosts, job_name, task_index):
+    """The :class:`ClusterSettings` of the flags, or None when neither host list is given (one machine).
+
+    Raises:
+      ClusterError: the flags do not describe a task of a ps/worker cluster.
+    """
+    ps = parse_host_list(ps_hosts or None, "ps_hosts")
+    workers = parse_host_list(worker_hosts or None, "worker_hosts")
+    if not ps and not workers:
+        if job_name:
+            raise ClusterError(f"--job_name={job_name} needs --ps_hosts and --worker_hosts")
+        return None
+    if not workers:
+        raise ClusterError("--ps_hosts is set but --worker_hosts is empty: list the workers' host:port")
+    if not ps:
+        raise ClusterError(
+            "--worker_hosts is set but --ps_hosts is empty: a multi-machine run keeps its variables on "
+            "parameter servers; list at least one ps host:port (one machine: leave both empty)")
+    shared = sorted(set(ps) & set(workers))
+    if shared:
+        raise ClusterError(f"{', '.join(shared)} is in both --ps_hosts and --worker_hosts; each task needs its own port")
+    if job_name not in JOB_NAMES:
+        raise ClusterError(f"--job_name must be one of {', '.join(JOB_NAMES)} with --ps_hosts/--worker_hosts, "
+                           f"got {job_name!r}")
+    hosts = ps if job_name == PS_JOB else workers
+    if task_index is None or not 0 <= int(task_index) < len(hosts):
+        raise ClusterError(
+            f"--task_index={task_index} is out of range for job '{job_name}': "
+            f"--{job_name}_hosts lists {len(hosts)} task(s), so it must be in [0, {len(hosts) - 1}]")
+    return ClusterSettings(ps, workers, job_name, int(task_index))
+
+
+def settings_from_options(opts):
+    """:func:`settings_from_flags` of a trainer options namespace."""
+    return settings_from_flags(opts.ps_hosts, opts.worker_hosts, opts.job_name, opts.task_index)
+
+
+def distributed_session_config(settings, base_config=None, operation_timeout_secs=DEFAULT_OPERATION_TIMEOUT_SECS):
+    """``base_config`` (a ConfigProto, copied) with this task's device filters and operation timeout.
+
+    Args:
+      settings: :class:`ClusterSettings`.
+      base_config: e.g. :func:`deployment.devices.session_config`; default: an empty ConfigProto.
+      operation_timeout_secs: a session.run waiting longer than this fails (<= 0: no timeout).
+        In sync mode a worker's step waits for the slowest replica, so keep it well above a step.
+    """
+    config = tf1.ConfigProto()
+    if base_config is not None:
+        config.CopyFrom(base_config)
+    del config.device_filters[:]
+    config.device_filters.extend([f"/job:{PS_JOB}", f"/job:{settings.job_name}/task:{settings.task_index}"])
+    if operation_timeout_secs and operation_timeout_secs > 0:
+        config.operation_timeout_in_ms = int(operation_timeout_secs * 1000)
+    return config
+
+
+def start_server(settings, config=None):
+    """Starts this task's ``tf.compat.v1.train.Server`` at its listed port.
+
+    Raises:
+      ClusterError: the port is taken (or cannot be bound) on this machine.
+    """
+    port = int(settings.address.rpartition(":")[2])
+    _check_port_free(port, settings)
+    try:
+        server = tf1.train.Server(settings.cluster_spec(), job_name=settings.job_name,
+                                  task_index=settings.task_index, config=config, start=True)
+    except (tf.errors.UnknownError, tf.errors.InternalError) as error:
+        raise ClusterError(f"{settings.describe()}: cannot start the TensorFlow server on port {port}: {error}") from error
+    logging.info("Started the TensorFlow server of %s (listens on port %d, all interfaces)", settings.describe(), port)
+    return server
+
+
+def _check_port_free(port, settings):
+    """A clear error for a port in use; TensorFlow's own only says 'Could not start gRPC server'."""
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.bind(("", port))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise ClusterError(
+                f"{settings.describe()}: port {port} is already in use on this machine "
+                "(another task, or a previous run still alive?)") from error
+        if error.errno != errno.EAFNOSUPPORT:
+            raise ClusterError(f"{settings.describe()}: cannot bind port {port}: {error}") from error
+    finally:
+        probe.close()
+
+
+def _reachable(address, timeout_secs):
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_secs):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_tasks(addresses, timeout_secs=DEFAULT_STARTUP_TIMEOUT_SECS, what="ps task", poll_secs=0.5):
+    """Waits until a TCP connection to each ``host:port`` succeeds.
+
+    Raises:
+      ClusterError: naming the tasks still unreachable after ``timeout_secs``.
+    """
+    deadline = time.monotonic() + max(timeout_secs, 0.0)
+    pending = list(addresses)
+    logged = False
+    while True:
+        pending = [a for a in pending if not _reachable(a, min(2.0, max(timeout_secs, 0.1)))]
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise ClusterError(
+                f"cannot reach {what}(s) {', '.join(pending)} within {timeout_secs:g} s: start them first, check "
+                "the host:port lists and the firewall (or raise --dist_startup_timeout_secs)")
+        if not logged:
+            logging.info("Waiting up to %g s for %s(s) %s", timeout_secs, what, ", ".join(pending))
+            logged = True
+        time.sleep(poll_secs)
+
+
+def wait_for_chief_model(target, config, timeout_secs, poll_secs=1.0):
+    """A non-chief worker: waits until the chief has initialised or restored every global variable.
+
+    The Supervisor of ``slim.learning.train`` also waits, but polls every 30 s; this polls every
+    ``poll_secs`` (build the graph first: it adds one op). ``timeout_secs <= 0`` waits forever.
+
+    Raises:
+      ClusterError: the model is still not ready after ``timeout_secs``.
+    """
+    uninitialized = tf1.report_uninitialized_variables(tf1.global_variables(), name="wait_for_chief_model")
+    deadline = time.monotonic() + timeout_secs if timeout_secs > 0 else None
+    logged = False
+    with tf1.Session(target, config=config) as session:
+        while True:
+            names = session.run(uninitialized)
+            if len(names) == 0:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ClusterError(
+                    f"the chief (worker 0) has not initialised the model within {timeout_secs:g} s "
+                    f"({len(names)} variable(s) uninitialised, e.g. {names[0].decode()}); is it running?")
+            if not logged:
+                logging.info("Waiting for the chief to initialise the model (%d variables uninitialised)", len(names))
+                logged = True
+            time.sleep(poll_secs)
+
+
+@contextlib.contextmanager
+def sync_chief_stop_grace(secs=5.0):
+    """While active, Supervisors wait ``secs`` (not 120 s) for their threads when they stop.
+
+    A sync chief's queue runner (``SyncReplicasOptimizer.get_chief_queue_runner``) is left
+    blocked at the end of training, waiting for gradients of a step no replica will run;
+    ``slim.learning.train`` (with ``ignore_live_threads=True``) would wait the Supervisor's
+    fixed 120 s grace period for it after the final checkpoint is written. The thread ends
+    with the session (cancelled); nothing is lost by not waiting.
+    """
+    supervisor = tf1.train.Supervisor
+    original = supervisor.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs.setdefault("stop_grace_secs", secs)
+        original(self, *args, **kwargs)
+
+    supervisor.__init__ = init
+    try:
+        yield
+    finally:
+        supervisor.__init__ = original
+
+
+def shard_batches(enumerated_dataset, batch_size, num_shards, shard_index):
+    """Keeps the examples of every ``num_shards``-th batch of ``batch_size``, starting at ``shard_index``.
+
+    ``enumerated_dataset`` yields ``(index, example)``; so does the result, indices unchanged
+    (per-example augmentation seeds stay those of one machine). All replicas read the same
+    example order (same data seed), so replica ``r`` trains on the batches a single machine with
+    ``num_shards`` clones would give clone ``r``, and no two replicas train on the same batch.
+    """
+    if num_shards <= 1:
+        return enumerated_dataset
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    return enumerated_dataset.filter(
+        lambda index, example: tf.equal((index // batch_size) % num_shards, shard_index))
+
+
+def free_loopback_ports(count, host="127.0.0.1"):
+    """``count`` distinct free TCP ports on ``host`` (bound to port 0 and released, all at once)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

@@ -1,0 +1,145 @@
+"""deployment/cluster.py: flag parsing and its errors, reachability timeout, batch sharding, session config."""
+
+import socket
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deployment import cluster, model_deploy
+from tf_compat import tf1
+
+
+def test_parse_host_list_accepts_hosts_and_ipv6():
+    assert cluster.parse_host_list("a:1, b.example.com:2222,[::1]:3", "ps_hosts") == (
+        "a:1", "b.example.com:2222", "[::1]:3")
+    assert cluster.parse_host_list("", "ps_hosts") == ()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("localhost", "is not host:port"),
+    ("a:1,,b:2", "empty entry"),
+    ("a:http", "port 'http'"),
+    ("a:0", "port '0'"),
+    ("a:70000", "port '70000'"),
+    (":2222", "is not host:port"),
+    ("::1:2222", "brackets"),
+    ("a:1,a:1", "more than once"),
+])
+def test_parse_host_list_errors_name_the_flag_and_entry(text, fragment):
+    with pytest.raises(cluster.ClusterError, match="--worker_hosts") as info:
+        cluster.parse_host_list(text, "worker_hosts")
+    assert fragment in str(info.value)
+
+
+def test_settings_single_machine_and_roles():
+    assert cluster.settings_from_flags("", "", "", 0) is None
+    settings = cluster.settings_from_flags("h:1", "h:2,h:3", "worker", 1)
+    assert (settings.num_ps_tasks, settings.num_workers, settings.is_chief, settings.address) == (1, 2, False, "h:3")
+    assert cluster.settings_from_flags("h:1", "h:2,h:3", "worker", 0).is_chief
+    assert not cluster.settings_from_flags("h:1", "h:2", "ps", 0).is_chief
+    assert settings.cluster_spec().as_dict() == {"ps": ["h:1"], "worker": ["h:2", "h:3"]}
+
+
+@pytest.mark.parametrize("ps, workers, job, index, fragment", [
+    ("h:1", "h:2,h:3", "worker", 2, "--task_index=2 is out of range for job 'worker': --worker_hosts lists 2"),
+    ("h:1", "h:2", "ps", 1, "--task_index=1 is out of range for job 'ps'"),
+    ("h:1", "h:2", "worker", -1, "out of range"),
+    ("h:1", "h:2", "chief", 0, "--job_name must be one of ps, worker"),
+    ("h:1", "", "ps", 0, "--worker_hosts is empty"),
+    ("", "h:2", "worker", 0, "--ps_hosts is empty"),
+    ("h:1", "h:1", "worker", 0, "in both --ps_hosts and --worker_hosts"),
+    ("", "", "worker", 0, "--job_name=worker needs --ps_hosts"),
+])
+def test_settings_errors(ps, workers, job, index, fragment):
+    with pytest.raises(cluster.ClusterError) as info:
+        cluster.settings_from_flags(ps, workers, job, index)
+    assert fragment in str(info.value)
+
+
+def test_wait_for_tasks_times_out_naming_the_unreachable_task():
+    (port,) = cluster.free_loopback_ports(1)
+    start = time.monotonic()
+    with pytest.raises(cluster.ClusterError, match=rf"cannot reach ps task\(s\) 127.0.0.1:{port} within 1 s"):
+        cluster.wait_for_tasks([f"127.0.0.1:{port}"], timeout_secs=1.0, poll_secs=0.1)
+    assert time.monotonic() - start < 10
+
+
+def test_wait_for_tasks_returns_once_listening():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        cluster.wait_for_tasks([f"127.0.0.1:{listener.getsockname()[1]}"], timeout_secs=5.0)
+
+
+def test_free_loopback_ports_are_distinct():
+    ports = cluster.free_loopback_ports(5)
+    assert len(set(ports)) == 5 and all(1024 <= p <= 65535 for p in ports)
+
+
+def test_start_server_reports_a_port_in_use():
+    with socket.socket(socket.AF_INET6) as holder:
+        holder.bind(("", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        settings = cluster.settings_from_flags(f"127.0.0.1:{port}", "127.0.0.1:1", "ps", 0)
+        with pytest.raises(cluster.ClusterError, match=f"port {port} is already in use"):
+            cluster.start_server(settings)
+
+
+def test_distributed_session_config_filters_devices_and_sets_timeout():
+    base = tf1.ConfigProto(allow_soft_placement=True)
+    settings = cluster.settings_from_flags("h:1,h:4", "h:2,h:3", "worker", 1)
+    config = cluster.distributed_session_config(settings, base, operation_timeout_secs=2.5)
+    assert list(config.device_filters) == ["/job:ps", "/job:worker/task:1"]
+    assert config.operation_timeout_in_ms == 2500 and config.allow_soft_placement
+    assert not base.device_filters and base.operation_timeout_in_ms == 0
+    assert cluster.distributed_session_config(settings, None, 0).operation_timeout_in_ms == 0
+
+
+def _reference_shards(num_examples, batch_size, num_shards):
+    """Single machine with num_shards clones: clone r takes the r-th batch of each group of num_shards."""
+    batches = [list(range(i, i + batch_size)) for i in range(0, num_examples - batch_size + 1, batch_size)]
+    return [[b for k, b in enumerate(batches) if k % num_shards == r] for r in range(num_shards)]
+
+
+@pytest.mark.parametrize("batch_size, num_shards", [(2, 2), (3, 2), (2, 3), (4, 1)])
+def test_shard_batches_gives_each_replica_the_batches_of_its_clone(batch_size, num_shards):
+    num_examples = 24
+    expected = _reference_shards(num_examples, batch_size, num_shards)
+    for shard in range(num_shards):
+        with tf.Graph().as_default():
+            dataset = tf.data.Dataset.range(100, 100 + num_examples).enumerate()
+            dataset = cluster.shard_batches(dataset, batch_size, num_shards, shard)
+            dataset = dataset.batch(batch_size, drop_remainder=True)
+            next_batch = tf1.data.make_one_shot_iterator(dataset).get_next()
+            got = []
+            with tf1.Session() as session:
+                while True:
+                    try:
+                        indices, values = session.run(next_batch)
+                    except tf.errors.OutOfRangeError:
+                        break
+                    np.testing.assert_array_equal(values, indices + 100)
+                    got.append(indices.tolist())
+        assert got == expected[shard], (shard, got)
+
+
+def test_shard_batches_rejects_a_bad_index():
+    with pytest.raises(ValueError, match="shard_index"):
+        cluster.shard_batches(tf.data.Dataset.range(4).enumerate(), 2, 2, 2)
+
+
+def test_big_variables_spread_over_ps_tasks():
+    """The round robin of model_deploy's replica_device_setter with the cluster of the flags."""
+    settings = cluster.settings_from_flags("h:1,h:2", "h:3,h:4", "worker", 1)
+    config = model_deploy.DeploymentConfig(
+        num_clones=1, clone_on_cpu=True, replica_id=settings.task_index, num_replicas=settings.num_workers,
+        num_ps_tasks=settings.num_ps_tasks, cluster=settings.cluster_spec())
+    with tf.Graph().as_default():
+        with tf1.device(config.variables_device()):
+            big = [tf1.get_variable(f"w{i}", [64, 64]) for i in range(4)]
+        tasks = [tf.DeviceSpec.from_string(v.device).task for v in big]
+        assert sorted(tasks) == [0, 0, 1, 1]
+        assert all(tf.DeviceSpec.from_string(v.device).job == "ps" for v in big)

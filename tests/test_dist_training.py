@@ -1,0 +1,106 @@
+"""1 ps + 2 workers of train_ssd_network.py as separate processes on 127.0.0.1 (launch_local_cluster.LocalCluster).
+
+Each run is bounded in time and every process is killed in ``finally`` (the context manager).
+"""
+
+import re
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from launch_local_cluster import LocalCluster
+from tf_compat import tf1
+
+TINY = ["--image_size=96", "--batch_size=2", "--num_readers=1", "--num_preprocessing_threads=1",
+        "--log_every_n_steps=1", "--summarize_activations=false", "--summarize_variables=false",
+        "--num_summary_images=0", "--checkpoint_path=", "--save_summaries_secs=3600",
+        "--dist_startup_timeout_secs=120"]
+RUN_TIMEOUT_SECS = 240
+STEP_LINE = re.compile(r"global step (\d+): loss = ([-+0-9.eE]+|nan|inf)")
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("dist_cache"))
+
+
+def _steps(log):
+    return [(int(step), float(loss)) for step, loss in STEP_LINE.findall(log)]
+
+
+def _restore_in_single_machine_run(train_dir, cache):
+    """Builds the one-machine training graph and restores the chief's latest checkpoint into it."""
+    import os
+
+    import train_ssd_network as trainer
+
+    os.environ["SSD_TOWERS_CACHE"] = cache
+    opts = trainer.default_options(image_size="96", batch_size=2, num_readers=1, num_preprocessing_threads=1,
+                                   summarize_activations=False, summarize_variables=False, num_summary_images=0)
+    checkpoint = tf.train.latest_checkpoint(train_dir)
+    assert checkpoint, f"no checkpoint in {train_dir}"
+    spec = trainer.resolve_dataset(opts)
+    with tf.Graph().as_default():
+        parts = trainer.build_training_graph(opts, spec)
+        with tf1.Session() as session:
+            tf1.train.Saver().restore(session, checkpoint)
+            step, loss = session.run([parts.global_step, parts.train.total_loss])
+    return int(step), float(loss)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_one_ps_two_workers_train_and_the_chief_checkpoint_restores(tmp_path, shared_cache, mode):
+    steps = 8
+    args = TINY + [f"--train_dir={tmp_path / 'train'}", f"--max_number_of_steps={steps}"]
+    if mode == "sync":
+        args.append("--sync_replicas")
+    with LocalCluster(1, 2, args, log_dir=str(tmp_path / "logs"), env={"SSD_TOWERS_CACHE": shared_cache}) as local:
+        local.start_all()
+        codes = local.wait_workers(timeout=RUN_TIMEOUT_SECS)
+        logs = [local.read_log("worker", i) for i in range(2)]
+    assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
+    per_worker = [_steps(log) for log in logs]
+    assert all(per_worker), "a worker logged no step"
+    losses = [loss for worker in per_worker for _, loss in worker]
+    assert np.all(np.isfinite(losses))
+    reached = max(step for worker in per_worker for step, _ in worker)
+    assert reached >= steps
+    if mode == "async":
+        # Both workers applied their own steps: their global steps interleave.
+        assert {s for s, _ in per_worker[0]}.isdisjoint({s for s, _ in per_worker[1]}) or reached > steps
+    else:
+        # Each sync step waits for both replicas: a worker's global step grows by at most 1 per local step
+        # (a non-chief's first steps may run before the chief's token init and leave it at 0).
+        for worker in per_worker:
+            increments = np.diff([s for s, _ in worker])
+            assert np.all((increments >= 0) & (increments <= 1)), worker
+    step, loss = _restore_in_single_machine_run(str(tmp_path / "train"), shared_cache)
+    assert step >= steps and np.isfinite(loss)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known: the chief exits with 'Lost the cluster' at once, but the non-chief "
+                   "worker reports UnavailableError to its Coordinator and then does not exit (not yet diagnosed)")
+def test_a_killed_ps_makes_the_workers_fail_clearly(tmp_path, shared_cache):
+    args = TINY + [f"--train_dir={tmp_path / 'train'}", "--max_number_of_steps=100000",
+                   "--dist_operation_timeout_secs=20"]
+    with LocalCluster(1, 2, args, log_dir=str(tmp_path / "logs"), env={"SSD_TOWERS_CACHE": shared_cache}) as local:
+        local.start_all()
+        deadline = time.monotonic() + RUN_TIMEOUT_SECS
+        while not all(_steps(local.read_log("worker", i)) for i in range(2)):
+            assert time.monotonic() < deadline, "the workers never trained"
+            assert all(local.processes[("worker", i)].poll() is None for i in range(2)), local.read_log("worker", 0)
+            time.sleep(1)
+        local.kill("ps", 0)
+        try:
+            codes = [local.wait("worker", i, timeout=60) for i in range(2)]
+        except subprocess.TimeoutExpired:
+            pytest.fail("a worker hung after its ps was killed:\n" + local.read_log("worker", 1)[-2000:])
+        logs = [local.read_log("worker", i) for i in range(2)]
+    assert all(code != 0 for code in codes), codes
+    for log in logs:
+        assert "Lost the cluster" in log or "Traceback" in log, log[-2000:]
