@@ -1,0 +1,182 @@
+"""Training throughput of SSD300 on this CPU: model_deploy towers against a plain single-tower step.
+
+Configurations, each measured in its own process (so the CPU split into logical devices and
+the peak memory belong to that configuration alone), interleaved over ``--repeats`` rounds:
+
+- ``plain``: input pipeline -> SSD net -> multibox loss -> ``optimizer.minimize``, no model_deploy;
+- ``towers_1``: ``train_ssd_network.build_training_graph`` with 1 clone (what the trainer runs);
+- ``towers_2``: the same with 2 clones on two logical CPU devices (``--clone_on_cpu``), batch per clone
+  halved so the global batch is the same;
+- ``towers_1_encode_in_tower``: 1 clone, anchor matching in the tower instead of the input pipeline.
+
+Prints one JSON object per configuration (images/s min and median over rounds, peak RSS) and the
+ratios of medians against ``plain``. Data: BCCD converted to TFRecords in a temporary folder (or
+``--dataset_dir``), else the built-in sample dataset.
+
+    python bench/bench_train.py [--batch_size 4 --steps 10 --warmup 3 --repeats 3 --image_size 300]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CONFIGS = ("plain", "towers_1", "towers_2", "towers_1_encode_in_tower")
+BCCD_DIR = REPO_ROOT.parent / "shared" / "data" / "BCCD"
+
+
+def machine():
+    import tensorflow as tf
+
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, TF {tf.__version__}"
+
+
+def build_plain_step(opts, spec):
+    """One tower without model_deploy: the reference the towers must not be slower than."""
+    import tensorflow as tf
+
+    import train_ssd_network
+    from tf_compat import slim, tf1
+
+    net = train_ssd_network.build_network(opts, spec.num_classes)
+    global_step = tf1.train.get_or_create_global_step()
+    with tf1.device("/cpu:0"):
+        dataset = train_ssd_network.build_input_dataset(opts, spec, net, opts.seed)
+        batch = tf1.data.make_one_shot_iterator(dataset).get_next()
+        with slim.arg_scope(net.arg_scope(weight_decay=opts.weight_decay)):
+            _, localisations, logits, _ = net.net(batch["image"], is_training=True, dropout_keep_prob=1.0)
+        net.losses(logits, localisations, batch["gclasses"], batch["glocalisations"], batch["gscores"])
+        total_loss = tf1.losses.get_total_loss()
+        optimizer = tf1.train.AdamOptimizer(opts.learning_rate)
+        train_op = optimizer.minimize(total_loss, global_step=global_step)
+        with tf.control_dependencies([train_op]):
+            return tf.identity(total_loss)
+
+
+def run_one(config, args):
+    """Measures one configuration in this process; returns its result dict."""
+    import package_guard
+
+    package_guard.ensure_project_packages()
+    import tensorflow as tf
+
+    import train_ssd_network
+    from datasets import dataset_factory
+    from deployment import devices, model_deploy
+    from tf_compat import tf1
+
+    tf1.disable_eager_execution()
+    num_clones = 2 if config == "towers_2" else 1
+    if num_clones > 1:
+        devices.split_cpu_into_logical_devices(num_clones)
+    opts = train_ssd_network.default_options(
+        image_size=str(args.image_size), batch_size=args.batch_size // num_clones, num_clones=num_clones,
+        clone_on_cpu=num_clones > 1, num_readers=2, num_preprocessing_threads=2,
+        encode_targets_in="tower" if config == "towers_1_encode_in_tower" else "input",
+        summarize_activations=False, summarize_variables=False, num_summary_images=0,
+    )
+    spec = dataset_factory.get_dataset(None, "trainval", args.dataset_dir)
+    with tf.Graph().as_default():
+        if config == "plain":
+            step = build_plain_step(opts, spec)
+        else:
+            deploy_config = model_deploy.DeploymentConfig(num_clones=num_clones, clone_on_cpu=num_clones > 1)
+            step = train_ssd_network.build_training_graph(opts, spec, deploy_config).train.train_tensor
+        with tf1.Session(config=devices.session_config()) as session:
+            session.run([tf1.global_variables_initializer(), tf1.local_variables_initializer()])
+            for _ in range(args.warmup):
+                session.run(step)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                session.run(step)
+            elapsed = time.perf_counter() - start
+    return {
+        "config": config,
+        "images_per_sec": args.batch_size * args.steps / elapsed,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+
+
+def prepare_dataset(args, work_dir):
+    if args.dataset_dir:
+        return args.dataset_dir
+    sys.path.insert(0, str(REPO_ROOT))
+    import package_guard
+
+    package_guard.ensure_project_packages()
+    if (BCCD_DIR / "Annotations").is_dir():
+        from datasets import converter
+
+        out = os.path.join(work_dir, "bccd")
+        converter.convert([str(BCCD_DIR)], out, "bccd", converter.ConversionOptions(splits=("trainval", "test")),
+                          quiet=True)
+        return out
+    from datasets import sample_data
+
+    return sample_data.ensure_sample_dataset(cache_dir=os.path.join(work_dir, "sample"))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch_size", type=int, default=4, help="global batch (split across clones)")
+    parser.add_argument("--image_size", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--dataset_dir", default=None)
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: measure this config
+    args = parser.parse_args(argv)
+
+    if args.one:
+        print(json.dumps(run_one(args.one, args)), flush=True)
+        return
+
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        raise SystemExit(f"unknown configs {sorted(unknown)}; choose from {CONFIGS}")
+    with tempfile.TemporaryDirectory() as work_dir:
+        dataset_dir = prepare_dataset(args, work_dir)
+        results = {config: [] for config in configs}
+        for _ in range(args.repeats):
+            for config in configs:
+                command = [sys.executable, __file__, f"--one={config}", f"--dataset_dir={dataset_dir}",
+                           f"--batch_size={args.batch_size}", f"--image_size={args.image_size}",
+                           f"--steps={args.steps}", f"--warmup={args.warmup}"]
+                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+                results[config].append(json.loads(out.strip().splitlines()[-1]))
+    medians = {}
+    for config, runs in results.items():
+        rates = [run["images_per_sec"] for run in runs]
+        medians[config] = statistics.median(rates)
+        print(json.dumps({
+            "what": "SSD training throughput", "config": {
+                "name": config, "network": "ssd_300_vgg", "image_size": args.image_size,
+                "global_batch": args.batch_size, "steps": args.steps, "repeats": args.repeats,
+                "data": os.path.basename(dataset_dir.rstrip("/"))},
+            "value": round(medians[config], 3), "unit": "images/s (median)", "min": round(min(rates), 3),
+            "max": round(max(rates), 3),
+            "peak_rss_mib": round(max(run["peak_rss_mib"] for run in runs), 1), "machine": machine(),
+        }), flush=True)
+    if "plain" in medians:
+        for config, median in medians.items():
+            if config != "plain":
+                print(json.dumps({"what": "throughput ratio vs plain single-tower step", "config": {"name": config},
+                                  "value": round(median / medians["plain"], 3), "unit": "x", "machine": machine()}),
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
