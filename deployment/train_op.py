@@ -230,6 +230,9 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     """
     names = list((tensors_to_log or {}).keys())
     tensors = [tensors_to_log[name] for name in names]
+    # The first step of a run is always logged: on a CPU a step can take a minute, and a user
+    # should not wait log_every_n_steps of them to see that training runs.
+    first_step_of_run = [True]
 
     def train_step_fn(session, train_op, global_step, train_step_kwargs):
         start = time.time()
@@ -251,6 +254,8 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
             should_log = session.run(train_step_kwargs["should_log"])
         else:
             should_log = False
+        if first_step_of_run[0]:
+            should_log, first_step_of_run[0] = True, False
         if should_log:
             parts = [f"global step {np_global_step}: loss = {total_loss:.4f}"]
             parts += [f"{name} = {float(np.asarray(value)):.6g}" for name, value in zip(names, logged)]
