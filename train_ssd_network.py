@@ -163,17 +163,6 @@ def options_from_flags():
     return types.SimpleNamespace(**{name: FLAGS[name].value for name in _FLAG_NAMES})
 
 
-def parse_image_size(text):
-    if not text:
-        return None
-    parts = [int(p) for p in str(text).replace("x", ",").split(",") if p.strip()]
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise ValueError(f"--image_size must be 'S' or 'H,W' with positive sizes, got {text!r}")
-    return tuple(parts)
-
-
 def resolve_dataset(opts):
     """(DatasetSpec, dataset_dir): ``--dataset_dir``, or the built-in sample dataset."""
     dataset_dir = opts.dataset_dir
@@ -185,7 +174,7 @@ def resolve_dataset(opts):
 
 def build_network(opts, num_classes):
     overrides = {"num_classes": num_classes}
-    image_size = parse_image_size(opts.image_size)
+    image_size = nets_factory.parse_image_size(opts.image_size)
     if image_size:
         overrides["img_shape"] = image_size
     return nets_factory.get_network(opts.model_name, **overrides)

@@ -88,21 +88,6 @@ def load_model_source(checkpoint_path):
     return ModelSource(prefix, train_dir, read_training_config(train_dir))
 
 
-def parse_image_size(text):
-    """'S', 'H,W' or 'HxW' -> (H, W); None/'' -> None."""
-    if text is None or text == "":
-        return None
-    if isinstance(text, (tuple, list)):
-        parts = [int(v) for v in text]
-    else:
-        parts = [int(p) for p in str(text).replace("x", ",").split(",") if p.strip()]
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise ValueError(f"image size must be 'S' or 'H,W' with positive sizes, got {text!r}")
-    return tuple(parts)
-
-
 def _network_overrides(recorded):
     """SSDParams fields as recorded in JSON (lists) back to the types the network uses."""
     out = dict(recorded)
@@ -124,7 +109,7 @@ def build_network(source=None, model_name=None, num_classes=None, image_size=Non
     recorded_name = (config.get("flags") or {}).get("model_name")
     recorded_params = config.get("network")
     name = model_name or recorded_name or DEFAULT_MODEL_NAME
-    image_size = parse_image_size(image_size)
+    image_size = nets_factory.parse_image_size(image_size)
     if recorded_params and name == recorded_name:
         params = _network_overrides(recorded_params)
         same_size = image_size is None or tuple(image_size) == params["img_shape"]

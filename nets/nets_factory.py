@@ -29,3 +29,18 @@ def get_network(name, **overrides):
         architecture, overrides.pop("img_shape", None), overrides.pop("num_classes", 21)
     )
     return ssd_net.SSDNet(architecture, params._replace(**overrides))
+
+
+def parse_image_size(text):
+    """'S', 'H,W' or 'HxW' -> (H, W); None/'' -> None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (tuple, list)):
+        parts = [int(v) for v in text]
+    else:
+        parts = [int(p) for p in str(text).replace("x", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise ValueError(f"image size must be 'S' or 'H,W' with positive sizes, got {text!r}")
+    return tuple(parts)

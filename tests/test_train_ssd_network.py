@@ -14,6 +14,7 @@ import tensorflow as tf
 import train_ssd_network
 from datasets import dataset_factory
 from deployment import model_deploy
+from nets import nets_factory
 from tf_compat import tf1
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +158,8 @@ def test_a_misspelled_checkpoint_path_fails_before_training(tmp_path, sample_dat
 def test_options_reject_unknown_names_and_parse_sizes():
     with pytest.raises(ValueError, match="unknown training options"):
         train_ssd_network.default_options(batchsize=3)
-    assert train_ssd_network.parse_image_size("96") == (96, 96)
-    assert train_ssd_network.parse_image_size("128,96") == (128, 96)
-    with pytest.raises(ValueError, match="image_size"):
-        train_ssd_network.parse_image_size("0")
+    assert nets_factory.parse_image_size("96") == (96, 96)
+    assert nets_factory.parse_image_size("128,96") == (128, 96)
+    assert nets_factory.parse_image_size("128x96") == (128, 96)
+    with pytest.raises(ValueError, match="image size"):
+        nets_factory.parse_image_size("0")
