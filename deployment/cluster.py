@@ -27,7 +27,10 @@ only the cluster's machines. No other port is opened.
 import contextlib
 import dataclasses
 import errno
+import os
 import socket
+import sys
+import threading
 import time
 
 from absl import logging
@@ -41,6 +44,10 @@ JOB_NAMES = (PS_JOB, WORKER_JOB)
 
 DEFAULT_STARTUP_TIMEOUT_SECS = 120.0
 DEFAULT_OPERATION_TIMEOUT_SECS = 600.0
+DEFAULT_LOST_PS_SECS = 10.0
+DEFAULT_EXIT_GRACE_SECS = 5.0
+LOST_CLUSTER_EXIT_CODE = 3
+LOST_CLUSTER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
 
 
 class ClusterError(RuntimeError):
@@ -268,6 +275,111 @@ def wait_for_chief_model(target, config, timeout_secs, poll_secs=1.0):
                 logging.info("Waiting for the chief to initialise the model (%d variables uninitialised)", len(names))
                 logged = True
             time.sleep(poll_secs)
+
+
+def lost_cluster_message(reason):
+    """The one log line of a worker that lost its cluster."""
+    return (f"Lost the cluster: {reason}. Restart the whole cluster (ps tasks first) to resume from the chief's "
+            "last checkpoint")
+
+
+class LostClusterGuard:
+    """Ends a worker with a clear error and exit status 3, within a bounded time, when a ps task is lost.
+
+    Why a hard exit: once a ps task has died, closing the worker's session blocks forever (gdb on
+    TF 2.21: ``MasterSession::Close`` waits for a count of running steps that never returns to
+    zero, with no step running), and ``Supervisor.managed_session`` closes the session *before* it
+    re-raises the step's error, so the error never reaches the trainer and the process hangs. The
+    guard declares the cluster lost when either
+
+    * a training step raises ``UnavailableError`` or ``DeadlineExceededError`` (wrap the step
+      function with :meth:`wrap_train_step`), or
+    * a ps task's port refuses TCP connections for ``lost_ps_secs`` in a row (a watcher thread,
+      for a worker that is blocked anywhere else: waiting for the chief, saving, closing),
+
+    then logs :func:`lost_cluster_message` once, lets the normal unwinding run for
+    ``exit_grace_secs`` (the trainer's own handler exits 3 with the same message if it gets the
+    error) and otherwise ends the process with ``os._exit(3)``. Nothing is lost by that: the ps
+    held the only copy of the live variables, so the last checkpoint is what a restart resumes from.
+    """
+
+    def __init__(self, ps_addresses, lost_ps_secs=DEFAULT_LOST_PS_SECS, exit_grace_secs=DEFAULT_EXIT_GRACE_SECS,
+                 poll_secs=1.0, exit_fn=os._exit):
+        self.ps_addresses = tuple(ps_addresses)
+        self.lost_ps_secs = lost_ps_secs
+        self.exit_grace_secs = exit_grace_secs
+        self.poll_secs = poll_secs
+        self.reason = None
+        self._exit_fn = exit_fn
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._watcher = None
+        self._exit_timer = None
+
+    def start(self):
+        """Starts watching the ps ports (a daemon thread); returns self."""
+        if self.lost_ps_secs and self.lost_ps_secs > 0 and self.ps_addresses:
+            self._watcher = threading.Thread(target=self._watch, name="lost_ps_watcher", daemon=True)
+            self._watcher.start()
+        return self
+
+    def stop(self):
+        """Stops watching (training ended normally). A loss already declared still exits."""
+        self._stopped.set()
+
+    def lost(self, reason):
+        """Declares the cluster lost (idempotent): logs once, exits with status 3 after the grace period."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            self._stopped.set()
+            logging.error("%s", lost_cluster_message(reason))
+            logging.error("Exiting with status %d in at most %g s", LOST_CLUSTER_EXIT_CODE, self.exit_grace_secs)
+            self._exit_timer = threading.Timer(max(self.exit_grace_secs, 0.0), self._exit)
+            self._exit_timer.daemon = True
+            self._exit_timer.start()
+
+    def _exit(self):
+        logging.error("%s (session shutdown blocked on the lost ps; exiting now)", lost_cluster_message(self.reason))
+        logging.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._exit_fn(LOST_CLUSTER_EXIT_CODE)
+
+    def _watch(self):
+        first_refused = {}
+        while not self._stopped.wait(self.poll_secs):
+            now = time.monotonic()
+            for address in self.ps_addresses:
+                if _reachable(address, min(2.0, self.lost_ps_secs)):
+                    first_refused.pop(address, None)
+                    continue
+                since = first_refused.setdefault(address, now)
+                if now - since >= self.lost_ps_secs:
+                    self.lost(f"ps task {address} has refused connections for {now - since:.0f} s (it died or "
+                              "its machine is unreachable)")
+                    return
+
+    def wrap_train_step(self, train_step_fn):
+        """``train_step_fn`` that declares the cluster lost when its step raises a lost-cluster error."""
+
+        def guarded_train_step_fn(session, train_op, global_step, train_step_kwargs):
+            try:
+                return train_step_fn(session, train_op, global_step, train_step_kwargs)
+            except LOST_CLUSTER_ERRORS as error:
+                self.lost(f"a training step failed with {type(error).__name__}: {first_line(error)}")
+                raise
+
+        return guarded_train_step_fn
+
+
+def first_line(error):
+    """The first non-empty line of a TensorFlow error's message (they run to pages)."""
+    text = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("=")]
+    lines = [line for line in lines if line != "Graph execution error:"] or lines
+    return " ".join(lines[:2]) if lines else type(error).__name__
 
 
 @contextlib.contextmanager

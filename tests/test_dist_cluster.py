@@ -1,6 +1,7 @@
 """deployment/cluster.py: flag parsing and its errors, reachability timeout, batch sharding, session config."""
 
 import socket
+import threading
 import time
 
 import numpy as np
@@ -143,3 +144,66 @@ def test_big_variables_spread_over_ps_tasks():
         tasks = [tf.DeviceSpec.from_string(v.device).task for v in big]
         assert sorted(tasks) == [0, 0, 1, 1]
         assert all(tf.DeviceSpec.from_string(v.device).job == "ps" for v in big)
+
+
+class _ExitRecorder:
+    def __init__(self):
+        self.codes = []
+        self.called = threading.Event()
+
+    def __call__(self, code):
+        self.codes.append(code)
+        self.called.set()
+
+
+def test_lost_cluster_guard_exits_3_when_a_ps_port_refuses_connections(caplog):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    exit_fn = _ExitRecorder()
+    guard = cluster.LostClusterGuard([address], lost_ps_secs=0.5, exit_grace_secs=0.2, poll_secs=0.1,
+                                     exit_fn=exit_fn).start()
+    time.sleep(0.8)
+    assert not exit_fn.called.is_set(), "declared lost while the ps was listening"
+    start = time.monotonic()
+    listener.close()
+    assert exit_fn.called.wait(10), "the guard never exited"
+    assert exit_fn.codes == [3] and 0.5 <= time.monotonic() - start < 5
+    assert f"ps task {address} has refused connections" in guard.reason
+    assert any("Lost the cluster: ps task" in r.getMessage() for r in caplog.records)
+
+
+def test_lost_cluster_guard_stop_and_other_errors_do_not_exit():
+    exit_fn = _ExitRecorder()
+    (port,) = cluster.free_loopback_ports(1)
+    guard = cluster.LostClusterGuard([f"127.0.0.1:{port}"], lost_ps_secs=0.3, exit_grace_secs=0.1, poll_secs=0.1,
+                                     exit_fn=exit_fn).start()
+    guard.stop()
+
+    def failing_step(*unused):
+        raise tf.errors.InvalidArgumentError(None, None, "a bad batch")
+
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        guard.wrap_train_step(failing_step)(None, None, None, {})
+    assert not exit_fn.called.wait(1.0) and guard.reason is None
+
+
+@pytest.mark.parametrize("error_type", [tf.errors.UnavailableError, tf.errors.DeadlineExceededError])
+def test_lost_cluster_guard_a_failed_step_exits_after_the_grace(error_type):
+    exit_fn = _ExitRecorder()
+    guard = cluster.LostClusterGuard([], exit_grace_secs=0.3, exit_fn=exit_fn).start()
+    message = "Graph execution error:\n\n=====\nUNAVAILABLE: From /job:worker/replica:0/task:1:\nSocket closed\nmore"
+
+    def failing_step(*unused):
+        raise error_type(None, None, message)
+
+    start = time.monotonic()
+    with pytest.raises(error_type):
+        guard.wrap_train_step(failing_step)(None, None, None, {})
+    assert exit_fn.called.wait(5) and exit_fn.codes == [3]
+    assert time.monotonic() - start >= 0.3
+    assert guard.reason == (f"a training step failed with {error_type.__name__}: "
+                            "UNAVAILABLE: From /job:worker/replica:0/task:1: Socket closed")
+    guard.lost("again")
+    assert exit_fn.codes == [3] and "again" not in guard.reason
