@@ -205,6 +205,8 @@ def _check_port_free(port, settings):
         probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     except OSError:
         probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Like gRPC's own listener: connections of a killed previous run in TIME_WAIT do not block a restart.
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind(("", port))
     except OSError as error:

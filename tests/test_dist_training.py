@@ -20,6 +20,7 @@ TINY = ["--image_size=96", "--batch_size=2", "--num_readers=1", "--num_preproces
         "--dist_startup_timeout_secs=120"]
 RUN_TIMEOUT_SECS = 240
 LOST_PS_EXIT_BOUND_SECS = 30
+RESTART_TIMEOUT_SECS = 120
 STEP_LINE = re.compile(r"global step (\d+): loss = ([-+0-9.eE]+|nan|inf)")
 
 
@@ -83,17 +84,69 @@ def test_one_ps_two_workers_train_and_the_chief_checkpoint_restores(tmp_path, sh
     assert step >= steps and np.isfinite(loss)
 
 
+def _wait_for(predicate, timeout, what, local, running=(0, 1)):
+    """predicate()'s first true value; fails at ``timeout`` or when a worker in ``running`` has ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        dead = {("worker", i): local.processes[("worker", i)].returncode for i in running
+                if local.processes[("worker", i)].poll() is not None}
+        assert not dead, f"{what}: worker(s) ended {dead}\n" + "\n".join(
+            local.read_log(*key)[-1500:] for key in dead)
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.5)
+
+
+def _last_step(local, index):
+    steps = _steps(local.read_log("worker", index))
+    return steps[-1][0] if steps else None
+
+
+def _checkpoint_step(train_dir):
+    latest = tf.train.latest_checkpoint(train_dir)
+    return int(tf.train.load_checkpoint(latest).get_tensor("global_step")) if latest else None
+
+
 @pytest.mark.slow
-def test_a_killed_ps_makes_the_workers_fail_clearly(tmp_path, shared_cache):
-    args = TINY + [f"--train_dir={tmp_path / 'train'}", "--max_number_of_steps=100000",
-                   "--dist_operation_timeout_secs=20"]
+def test_faults_worker_restart_chief_restart_and_a_killed_ps(tmp_path, shared_cache):
+    """One async cluster, three faults in turn (one cluster: each start costs ~20 s of CPU here):
+    worker 1 killed and restarted trains again on the shared global step; the chief killed (after
+    a checkpoint) and restarted restores that checkpoint and trains on; the ps killed makes both
+    workers exit 3 with 'Lost the cluster' within LOST_PS_EXIT_BOUND_SECS."""
+    train_dir = str(tmp_path / "train")
+    args = TINY + [f"--train_dir={train_dir}", "--max_number_of_steps=100000", "--save_interval_secs=2",
+                   "--dist_operation_timeout_secs=60"]
     with LocalCluster(1, 2, args, log_dir=str(tmp_path / "logs"), env={"SSD_TOWERS_CACHE": shared_cache}) as local:
         local.start_all()
-        deadline = time.monotonic() + RUN_TIMEOUT_SECS
-        while not all(_steps(local.read_log("worker", i)) for i in range(2)):
-            assert time.monotonic() < deadline, "the workers never trained"
-            assert all(local.processes[("worker", i)].poll() is None for i in range(2)), local.read_log("worker", 0)
-            time.sleep(1)
+        _wait_for(lambda: all(_last_step(local, i) for i in range(2)), RUN_TIMEOUT_SECS, "both workers training",
+                  local)
+
+        local.kill("worker", 1)
+        at_kill = _last_step(local, 0)
+        # The chief goes on alone (its device filters leave worker 1 out), then worker 1 comes back.
+        _wait_for(lambda: _last_step(local, 0) >= at_kill + 2, 60, "the chief training without worker 1", local,
+                  running=(0,))
+        chief_before_rejoin = _last_step(local, 0)
+        local.start("worker", 1)
+        rejoined_at = _wait_for(lambda: _last_step(local, 1), RESTART_TIMEOUT_SECS, "worker 1 training again", local)
+        assert rejoined_at > chief_before_rejoin, (rejoined_at, chief_before_rejoin)
+        _wait_for(lambda: _last_step(local, 0) > rejoined_at, 60, "the chief training after worker 1 rejoined", local)
+
+        saved = _wait_for(lambda: _checkpoint_step(train_dir), 60, "a checkpoint", local)
+        local.kill("worker", 0)
+        saved = _checkpoint_step(train_dir)
+        worker_1_at_chief_kill = _last_step(local, 1)
+        local.start("worker", 0)
+        resumed_at = _wait_for(lambda: _last_step(local, 0), RESTART_TIMEOUT_SECS, "the restarted chief training",
+                               local)
+        # Meanwhile worker 1 kept training (async; its device filters leave the chief out).
+        assert _last_step(local, 1) > worker_1_at_chief_kill
+        restored = [int(s) for s in re.findall(r"Restoring parameters from .*model\.ckpt-(\d+)",
+                                                 local.read_log("worker", 0))]
+        assert restored and restored[0] >= saved and resumed_at >= saved, (restored, saved, resumed_at)
+
         local.kill("ps", 0)
         killed = time.monotonic()
         try:
@@ -104,7 +157,9 @@ def test_a_killed_ps_makes_the_workers_fail_clearly(tmp_path, shared_cache):
             pytest.fail("a worker hung after its ps was killed:\n" + local.read_log("worker", 1)[-2000:])
         exited_after = time.monotonic() - killed
         logs = [local.read_log("worker", i) for i in range(2)]
+    assert all(np.isfinite([loss for _, loss in _steps(log)]).all() for log in logs)
     assert codes == [3, 3], (codes, [log[-1500:] for log in logs])
     for log in logs:
         assert "Lost the cluster: " in log and "resume from the chief's last checkpoint" in log, log[-2000:]
-    print(f"workers exited {exited_after:.1f} s after the ps was killed")
+    print(f"worker 1 rejoined at step {rejoined_at}; chief saved {saved}, restored {restored[0]}, trained at "
+          f"{resumed_at}; workers exited {exited_after:.1f} s after the ps was killed")
