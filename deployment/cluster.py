@@ -252,31 +252,92 @@ def wait_for_tasks(addresses, timeout_secs=DEFAULT_STARTUP_TIMEOUT_SECS, what="p
         time.sleep(poll_secs)
 
 
-def wait_for_chief_model(target, config, timeout_secs, poll_secs=1.0):
-    """A non-chief worker: waits until the chief has initialised or restored every global variable.
+class ChiefReadyFlag:
+    """A flag on the ps that the chief sets once its session is prepared (initialised *and* restored).
 
-    The Supervisor of ``slim.learning.train`` also waits, but polls every 30 s; this polls every
-    ``poll_secs`` (build the graph first: it adds one op). ``timeout_secs <= 0`` waits forever.
+    A non-chief must not wait only for "every variable initialised": the chief's Supervisor runs
+    the initialisers first and the ``init_fn`` restore of ``--checkpoint_path`` after, so a
+    non-chief could take its first step on the random initial weights. The flag is a variable in
+    no collection (no initialiser, saver or readiness check touches it) placed by the device
+    function of the variables (a ps task); the chief sets it from ``slim.learning.train``'s
+    ``session_wrapper``, which runs after ``init_fn`` or the resume restore.
+    """
+
+    def __init__(self, name="chief_model_ready"):
+        # Set = initialised: only ``set_op`` initialises it, and a restarted ps starts without it.
+        self.variable = tf1.Variable(True, trainable=False, collections=[], name=name)
+        self.set_op = self.variable.initializer
+        self.is_set = tf1.is_variable_initialized(self.variable)
+
+    def session_wrapper(self, session):
+        """For ``slim.learning.train(session_wrapper=...)`` on the chief: sets the flag, returns ``session``."""
+        session.run(self.set_op)
+        logging.info("The chief's model is initialised or restored: other workers may start")
+        return session
+
+
+def wait_for_chief_model(target, config, timeout_secs, ready_flag, poll_secs=1.0):
+    """A non-chief worker: waits until the chief has set ``ready_flag`` (:class:`ChiefReadyFlag`).
+
+    The Supervisor of ``slim.learning.train`` also waits, but for initialisation only (not the
+    restore) and polling every 30 s. ``timeout_secs <= 0`` waits forever.
 
     Raises:
-      ClusterError: the model is still not ready after ``timeout_secs``.
+      ClusterError: the flag is still not set after ``timeout_secs``.
     """
-    uninitialized = tf1.report_uninitialized_variables(tf1.global_variables(), name="wait_for_chief_model")
     deadline = time.monotonic() + timeout_secs if timeout_secs > 0 else None
     logged = False
     with tf1.Session(target, config=config) as session:
-        while True:
-            names = session.run(uninitialized)
-            if len(names) == 0:
-                return
+        while not session.run(ready_flag.is_set):
             if deadline is not None and time.monotonic() >= deadline:
                 raise ClusterError(
-                    f"the chief (worker 0) has not initialised the model within {timeout_secs:g} s "
-                    f"({len(names)} variable(s) uninitialised, e.g. {names[0].decode()}); is it running?")
+                    f"the chief (worker 0) has not initialised or restored the model within {timeout_secs:g} s; "
+                    "is it running? (raise --dist_startup_timeout_secs for a slow start)")
             if not logged:
-                logging.info("Waiting for the chief to initialise the model (%d variables uninitialised)", len(names))
+                logging.info("Waiting for the chief to initialise or restore the model")
                 logged = True
             time.sleep(poll_secs)
+
+
+class SyncReplicasOptimizer(tf1.train.SyncReplicasOptimizer):
+    """``tf.compat.v1.train.SyncReplicasOptimizer`` whose chief adds no head-start tokens unless it must.
+
+    TensorFlow's chief puts ``replicas_to_aggregate`` tokens in the sync queue at start, so a fast
+    worker may push two gradients (its first two batches) into the first update while a slow
+    one's is dropped as stale. With only the tokens needed to avoid a deadlock
+    (``max(0, replicas_to_aggregate - total_num_replicas)``), every worker pushes one gradient and
+    then waits for the first update: with all replicas aggregated, global step 1 averages exactly
+    one batch of each replica, as one machine with that many clones would. Later steps keep
+    TensorFlow's semantics: an update averages ``replicas_to_aggregate`` fresh gradients, and a
+    worker may contribute more than one of them.
+    """
+
+    def __init__(self, opt, replicas_to_aggregate, total_num_replicas=None, **kwargs):
+        super().__init__(opt, replicas_to_aggregate, total_num_replicas=total_num_replicas, **kwargs)
+        total = replicas_to_aggregate if total_num_replicas is None else total_num_replicas
+        self.tokens_needed_at_start = max(0, replicas_to_aggregate - total)
+
+    def get_init_tokens_op(self, num_tokens=-1):
+        return super().get_init_tokens_op(self.tokens_needed_at_start if num_tokens == -1 else num_tokens)
+
+    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+        """Keeps the caller's control dependencies (e.g. the NaN guard) on the gradients pushed, only.
+
+        TensorFlow's ``apply_gradients`` also builds the chief's aggregation op, the token queue and
+        the local-step init and readiness ops; built under the caller's control dependencies they
+        would run the forward pass (and take a batch from the input pipeline) each time the
+        Supervisor checks readiness and each time the chief's queue runner applies an update.
+        """
+        guarded = [(None if grad is None else _identity(grad), var) for grad, var in grads_and_vars]
+        with tf1.control_dependencies(None):
+            return super().apply_gradients(guarded, global_step=global_step, name=name)
+
+
+def _identity(gradient):
+    """``tf.identity`` of a dense or sparse gradient, created under the current control dependencies."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.identity(gradient.values), gradient.indices, gradient.dense_shape)
+    return tf.identity(gradient)
 
 
 def lost_cluster_message(reason):
