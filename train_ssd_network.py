@@ -316,7 +316,7 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None):
         )
         sync_optimizer = None
         if deploy_config.num_ps_tasks > 0 and opts.sync_replicas:
-            sync_optimizer = optimizer = tf1.train.SyncReplicasOptimizer(
+            sync_optimizer = optimizer = cluster.SyncReplicasOptimizer(
                 optimizer, replicas_to_aggregate=_replicas_per_step(opts, deploy_config),
                 total_num_replicas=deploy_config.num_replicas)
 
@@ -430,8 +430,11 @@ def train(opts):
         )
         if server is not None:
             train_step_fn = lost_cluster_guard.wrap_train_step(train_step_fn)
-        if not is_chief:
-            cluster.wait_for_chief_model(server.target, session_config, opts.dist_startup_timeout_secs)
+        if server is not None:
+            with tf1.device(deploy_config.variables_device()):
+                chief_ready = cluster.ChiefReadyFlag()
+        if server is not None and not is_chief:
+            cluster.wait_for_chief_model(server.target, session_config, opts.dist_startup_timeout_secs, chief_ready)
         sync_chief = parts.sync_optimizer is not None and is_chief
         with cluster.sync_chief_stop_grace() if server is not None else contextlib.nullcontext():
             final_loss = slim.learning.train(
@@ -440,6 +443,7 @@ def train(opts):
                 save_summaries_secs=opts.save_summaries_secs, save_interval_secs=opts.save_interval_secs,
                 saver=saver, session_config=session_config, master=server.target if server else "",
                 is_chief=is_chief, sync_optimizer=parts.sync_optimizer, ignore_live_threads=sync_chief,
+                session_wrapper=chief_ready.session_wrapper if server is not None and is_chief else None,
             )
         if server is not None:
             lost_cluster_guard.stop()
