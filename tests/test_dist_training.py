@@ -4,6 +4,8 @@ Each run is bounded in time and every process is killed in ``finally`` (the cont
 """
 
 import re
+import os
+import sys
 import subprocess
 import time
 
@@ -35,7 +37,6 @@ def _steps(log):
 
 def _restore_in_single_machine_run(train_dir, cache):
     """Builds the one-machine training graph and restores the chief's latest checkpoint into it."""
-    import os
 
     import train_ssd_network as trainer
 
@@ -163,3 +164,58 @@ def test_faults_worker_restart_chief_restart_and_a_killed_ps(tmp_path, shared_ca
         assert "Lost the cluster: " in log and "resume from the chief's last checkpoint" in log, log[-2000:]
     print(f"worker 1 rejoined at step {rejoined_at}; chief saved {saved}, restored {restored[0]}, trained at "
           f"{resumed_at}; workers exited {exited_after:.1f} s after the ps was killed")
+
+
+def _save_initial_model(path, cache):
+    """Model variables of a freshly initialised one-machine graph, saved at ``path`` (a common start)."""
+
+    import train_ssd_network as trainer
+    from tf_compat import slim
+
+    os.environ["SSD_TOWERS_CACHE"] = cache
+    opts = trainer.default_options(image_size="96", batch_size=2, num_readers=1, num_preprocessing_threads=1,
+                                   summarize_activations=False, summarize_variables=False, num_summary_images=0)
+    spec = trainer.resolve_dataset(opts)
+    with tf.Graph().as_default():
+        trainer.build_training_graph(opts, spec)
+        names = [v.op.name for v in slim.get_model_variables()]
+        with tf1.Session() as session:
+            session.run(tf1.global_variables_initializer())
+            tf1.train.Saver(slim.get_model_variables()).save(session, path)
+    return names
+
+
+@pytest.mark.slow
+def test_sync_two_replicas_match_one_machine_with_two_clones_after_one_step(tmp_path, shared_cache):
+    """Same start, same two batches (shard_batches), SGD: the one averaged gradient step is the same."""
+
+    init = str(tmp_path / "init" / "model.ckpt")
+    names = _save_initial_model(init, shared_cache)
+    # No summaries: the Supervisor's summary thread would take the first batch(es) of the chief's stream.
+    common = [a for a in TINY if not a.startswith(("--checkpoint_path", "--save_summaries_secs"))] + [
+        f"--checkpoint_path={init}", "--save_summaries_secs=0", "--augmentation=none", "--optimizer=sgd", "--learning_rate=0.01",
+        "--max_number_of_steps=1", "--seed=3", "--save_interval_secs=3600"]
+    env = dict(os.environ, SSD_TOWERS_CACHE=shared_cache)
+    one_machine = subprocess.run(
+        [sys.executable, "train_ssd_network.py", *common, f"--train_dir={tmp_path / 'one_machine'}",
+         "--num_clones=2", "--clone_on_cpu"], capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_SECS)
+    assert one_machine.returncode == 0, one_machine.stderr[-3000:]
+    with LocalCluster(1, 2, common + [f"--train_dir={tmp_path / 'cluster'}", "--sync_replicas"],
+                      log_dir=str(tmp_path / "logs"), env={"SSD_TOWERS_CACHE": shared_cache}) as local:
+        local.start_all()
+        codes = local.wait_workers(timeout=RUN_TIMEOUT_SECS)
+        logs = [local.read_log("worker", i) for i in range(2)]
+    assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
+
+    start = tf.train.load_checkpoint(init)
+    reference = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "one_machine")))
+    distributed = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "cluster")))
+    assert reference.get_tensor("global_step") == distributed.get_tensor("global_step") == 1
+    worst_difference, largest_update = 0.0, 0.0
+    for name in names:
+        expected = reference.get_tensor(name)
+        worst_difference = max(worst_difference, float(np.max(np.abs(distributed.get_tensor(name) - expected))))
+        largest_update = max(largest_update, float(np.max(np.abs(expected - start.get_tensor(name)))))
+    print(f"{len(names)} variables: largest update {largest_update:.3g}, worst difference {worst_difference:.3g}")
+    assert largest_update > 1e-3, "the step changed nothing: the comparison would prove nothing"
+    assert worst_difference <= 1e-5 + 1e-3 * largest_update, (worst_difference, largest_update)
