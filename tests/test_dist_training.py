@@ -35,30 +35,47 @@ def _steps(log):
     return [(int(step), float(loss)) for step, loss in STEP_LINE.findall(log)]
 
 
-def _restore_in_single_machine_run(train_dir, cache):
-    """Builds the one-machine training graph and restores the chief's latest checkpoint into it."""
+SCORE_BATCHES = 4
 
+
+def _single_machine_options(cache):
     import train_ssd_network as trainer
 
     os.environ["SSD_TOWERS_CACHE"] = cache
-    opts = trainer.default_options(image_size="96", batch_size=2, num_readers=1, num_preprocessing_threads=1,
-                                   summarize_activations=False, summarize_variables=False, num_summary_images=0)
-    checkpoint = tf.train.latest_checkpoint(train_dir)
-    assert checkpoint, f"no checkpoint in {train_dir}"
+    return trainer, trainer.default_options(
+        image_size="96", batch_size=2, num_readers=1, num_preprocessing_threads=1, augmentation="none",
+        summarize_activations=False, summarize_variables=False, num_summary_images=0)
+
+
+def _score_in_single_machine_run(checkpoint, cache, model_variables_only=False):
+    """(global step, mean multibox loss over the same SCORE_BATCHES fixed batches) of ``checkpoint``
+    restored into the one-machine training graph (every variable, unless ``model_variables_only``)."""
+    from tf_compat import slim
+
+    trainer, opts = _single_machine_options(cache)
     spec = trainer.resolve_dataset(opts)
     with tf.Graph().as_default():
         parts = trainer.build_training_graph(opts, spec)
+        multibox_loss = tf.add_n(tf1.losses.get_losses())
         with tf1.Session() as session:
-            tf1.train.Saver().restore(session, checkpoint)
-            step, loss = session.run([parts.global_step, parts.train.total_loss])
-    return int(step), float(loss)
+            if model_variables_only:
+                session.run(tf1.global_variables_initializer())
+            tf1.train.Saver(slim.get_model_variables() if model_variables_only else None).restore(session, checkpoint)
+            step = session.run(parts.global_step)
+            losses = [session.run(multibox_loss) for _ in range(SCORE_BATCHES)]
+    return int(step), float(np.mean(losses))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["async", "sync"])
-def test_one_ps_two_workers_train_and_the_chief_checkpoint_restores(tmp_path, shared_cache, mode):
+def test_one_ps_two_workers_train_lower_the_loss_and_the_chief_checkpoint_restores(tmp_path, shared_cache, mode):
+    """From the same saved start, a short run lowers the multibox loss on fixed batches (scored in a
+    one-machine graph that restores every variable of the chief's final checkpoint)."""
     steps = 8
-    args = TINY + [f"--train_dir={tmp_path / 'train'}", f"--max_number_of_steps={steps}"]
+    init = str(tmp_path / "init" / "model.ckpt")
+    _save_initial_model(init, shared_cache)
+    args = [a for a in TINY if not a.startswith("--checkpoint_path")] + [
+        f"--checkpoint_path={init}", f"--train_dir={tmp_path / 'train'}", f"--max_number_of_steps={steps}"]
     if mode == "sync":
         args.append("--sync_replicas")
     with LocalCluster(1, 2, args, log_dir=str(tmp_path / "logs"), env={"SSD_TOWERS_CACHE": shared_cache}) as local:
@@ -76,13 +93,15 @@ def test_one_ps_two_workers_train_and_the_chief_checkpoint_restores(tmp_path, sh
         # Both workers applied their own steps: their global steps interleave.
         assert {s for s, _ in per_worker[0]}.isdisjoint({s for s, _ in per_worker[1]}) or reached > steps
     else:
-        # Each sync step waits for both replicas: a worker's global step grows by at most 1 per local step
-        # (a non-chief's first steps may run before the chief's token init and leave it at 0).
+        # Each sync step waits for both replicas: a worker's global step grows by at most 1 per local step.
         for worker in per_worker:
             increments = np.diff([s for s, _ in worker])
             assert np.all((increments >= 0) & (increments <= 1)), worker
-    step, loss = _restore_in_single_machine_run(str(tmp_path / "train"), shared_cache)
-    assert step >= steps and np.isfinite(loss)
+    _, before = _score_in_single_machine_run(init, shared_cache, model_variables_only=True)
+    step, after = _score_in_single_machine_run(tf.train.latest_checkpoint(str(tmp_path / "train")), shared_cache)
+    print(f"{mode}: multibox loss on {SCORE_BATCHES} fixed batches {before:.3f} -> {after:.3f} after {step} steps")
+    assert step >= steps and np.isfinite(after)
+    assert after < 0.9 * before, (before, after)
 
 
 def _wait_for(predicate, timeout, what, local, running=(0, 1)):
