@@ -15,7 +15,12 @@ waiting for response from worker" loop.
 Sessions get :func:`distributed_session_config`: ``device_filters`` so that a worker only talks
 to the ps tasks and itself (a dead or slow *other* worker never blocks it), and
 ``operation_timeout_in_ms`` so that a step whose ps died fails with ``DeadlineExceeded`` rather
-than hanging forever.
+than hanging forever. A worker that lost a ps exits with status 3 and one clear line within a
+bounded time (:class:`LostClusterGuard`: TensorFlow's session close would block forever).
+
+Synchronous training uses :class:`SyncReplicasOptimizer` (TensorFlow's, with no head-start
+tokens and its sync ops outside the caller's control dependencies) and non-chief workers start
+only once the chief has initialised *and* restored the model (:class:`ChiefReadyFlag`).
 
 Listening: TensorFlow's gRPC server binds ``0.0.0.0:<port>`` of the task's own address (the
 address in the host list is what the *other* tasks dial; the bind address is hard-coded in
@@ -450,10 +455,18 @@ def sync_chief_stop_grace(secs=5.0):
     """While active, Supervisors wait ``secs`` (not 120 s) for their threads when they stop.
 
     A sync chief's queue runner (``SyncReplicasOptimizer.get_chief_queue_runner``) is left
-    blocked at the end of training, waiting for gradients of a step no replica will run;
-    ``slim.learning.train`` (with ``ignore_live_threads=True``) would wait the Supervisor's
-    fixed 120 s grace period for it after the final checkpoint is written. The thread ends
-    with the session (cancelled); nothing is lost by not waiting.
+    blocked at the end of training in the accumulators' ``take_grad``, waiting for gradients of a
+    step no replica will run; ``slim.learning.train`` (with ``ignore_live_threads=True``) would
+    wait the Supervisor's fixed 120 s grace period for it after the final checkpoint is written.
+    The thread ends with the session (its run is cancelled); nothing is lost by not waiting.
+
+    Why a temporary class patch: ``slim.learning.train`` builds its Supervisor inside and has no
+    argument for the grace period; a ``train_step_fn`` cannot unblock another thread's
+    ``take_grad`` (only closing the session does, and that happens after the wait); and running
+    the chief's queue runner outside slim (to keep it from the Supervisor's coordinator) would
+    duplicate slim's ``sync_optimizer`` handling (local init ops, tokens, readiness). The patch
+    only sets a default (an explicit ``stop_grace_secs`` wins) and is undone on exit; the trainer
+    applies it around ``slim.learning.train`` of a sync chief only.
     """
     supervisor = tf1.train.Supervisor
     original = supervisor.__init__

@@ -269,3 +269,12 @@ def test_sync_replicas_optimizer_guards_only_the_pushed_gradients(replicas_to_ag
             session.run([tf1.global_variables_initializer(), tf1.local_variables_initializer()])
             session.run(init_tokens)
             assert session.run(optimizer._sync_token_queue.size()) == tokens
+
+
+def test_sync_chief_stop_grace_sets_a_default_only_while_active():
+    with tf.Graph().as_default():
+        tf1.train.get_or_create_global_step()
+        with cluster.sync_chief_stop_grace(secs=5.0):
+            assert tf1.train.Supervisor(logdir=None)._stop_grace_secs == 5.0
+            assert tf1.train.Supervisor(logdir=None, stop_grace_secs=7)._stop_grace_secs == 7
+        assert tf1.train.Supervisor(logdir=None)._stop_grace_secs == 120
