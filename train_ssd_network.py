@@ -436,7 +436,7 @@ def train(opts):
         if server is not None and not is_chief:
             cluster.wait_for_chief_model(server.target, session_config, opts.dist_startup_timeout_secs, chief_ready)
         sync_chief = parts.sync_optimizer is not None and is_chief
-        with cluster.sync_chief_stop_grace() if server is not None else contextlib.nullcontext():
+        with cluster.sync_chief_stop_grace() if sync_chief else contextlib.nullcontext():
             final_loss = slim.learning.train(
                 parts.train.train_tensor, logdir=opts.train_dir, init_fn=init_fn, train_step_fn=train_step_fn,
                 number_of_steps=opts.max_number_of_steps, log_every_n_steps=opts.log_every_n_steps,
