@@ -130,11 +130,12 @@ def _checkpoint_step(train_dir):
 
 
 @pytest.mark.slow
-def test_faults_worker_restart_chief_restart_and_a_killed_ps(tmp_path, shared_cache):
+def test_faults_worker_restart_chief_restart_killed_ps_and_cluster_restart(tmp_path, shared_cache):
     """One async cluster, three faults in turn (one cluster: each start costs ~20 s of CPU here):
     worker 1 killed and restarted trains again on the shared global step; the chief killed (after
     a checkpoint) and restarted restores that checkpoint and trains on; the ps killed makes both
-    workers exit 3 with 'Lost the cluster' within LOST_PS_EXIT_BOUND_SECS."""
+    workers exit 3 with 'Lost the cluster' within LOST_PS_EXIT_BOUND_SECS, and the whole cluster
+    restarted resumes from the last checkpoint."""
     train_dir = str(tmp_path / "train")
     args = TINY + [f"--train_dir={train_dir}", "--max_number_of_steps=100000", "--save_interval_secs=2",
                    "--dist_operation_timeout_secs=60"]
@@ -177,12 +178,24 @@ def test_faults_worker_restart_chief_restart_and_a_killed_ps(tmp_path, shared_ca
             pytest.fail("a worker hung after its ps was killed:\n" + local.read_log("worker", 1)[-2000:])
         exited_after = time.monotonic() - killed
         logs = [local.read_log("worker", i) for i in range(2)]
+        assert codes == [3, 3], (codes, [log[-1500:] for log in logs])
+
+        # The whole cluster restarted resumes from the last checkpoint and finishes.
+        last_saved = _checkpoint_step(train_dir)
+        final_step = last_saved + 3
+        for job, index in [("ps", 0), ("worker", 0), ("worker", 1)]:
+            local.start(job, index, extra_args=[f"--max_number_of_steps={final_step}"])
+        restart_codes = local.wait_workers(timeout=RESTART_TIMEOUT_SECS)
+        restarted_chief_log = local.read_log("worker", 0)
     assert all(np.isfinite([loss for _, loss in _steps(log)]).all() for log in logs)
-    assert codes == [3, 3], (codes, [log[-1500:] for log in logs])
     for log in logs:
         assert "Lost the cluster: " in log and "resume from the chief's last checkpoint" in log, log[-2000:]
+    assert restart_codes == [0, 0], restarted_chief_log[-3000:]
+    assert f"Restoring parameters from {train_dir}/model.ckpt-{last_saved}" in restarted_chief_log
+    assert _checkpoint_step(train_dir) >= final_step
     print(f"worker 1 rejoined at step {rejoined_at}; chief saved {saved}, restored {restored[0]}, trained at "
-          f"{resumed_at}; workers exited {exited_after:.1f} s after the ps was killed")
+          f"{resumed_at}; workers exited {exited_after:.1f} s after the ps was killed; the restarted cluster "
+          f"resumed at {last_saved}")
 
 
 def _save_initial_model(path, cache):
