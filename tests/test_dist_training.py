@@ -3,10 +3,10 @@
 Each run is bounded in time and every process is killed in ``finally`` (the context manager).
 """
 
-import re
 import os
-import sys
+import re
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -225,7 +225,8 @@ def test_sync_two_replicas_match_one_machine_with_two_clones_after_one_step(tmp_
     names = _save_initial_model(init, shared_cache)
     # No summaries: the Supervisor's summary thread would take the first batch(es) of the chief's stream.
     common = [a for a in TINY if not a.startswith(("--checkpoint_path", "--save_summaries_secs"))] + [
-        f"--checkpoint_path={init}", "--save_summaries_secs=0", "--augmentation=none", "--optimizer=sgd", "--learning_rate=0.01",
+        f"--checkpoint_path={init}", "--save_summaries_secs=0", "--augmentation=none", "--optimizer=sgd",
+        "--learning_rate=0.01",
         "--max_number_of_steps=1", "--seed=3", "--save_interval_secs=3600"]
     env = dict(os.environ, SSD_TOWERS_CACHE=shared_cache)
     one_machine = subprocess.run(
