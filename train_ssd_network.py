@@ -145,6 +145,9 @@ _define("float", "dist_startup_timeout_secs", cluster.DEFAULT_STARTUP_TIMEOUT_SE
         "A worker fails if the ps tasks (or, for non-chief workers, the chief's model) are not up within this.")
 _define("float", "dist_operation_timeout_secs", cluster.DEFAULT_OPERATION_TIMEOUT_SECS,
         "A distributed session.run (a step) fails after this long, e.g. when a ps died (<= 0: never).")
+_define("float", "dist_lost_ps_secs", cluster.DEFAULT_LOST_PS_SECS,
+        "A worker exits (status 3) when a ps task refuses connections this long, or a step fails because the "
+        "cluster is unreachable (<= 0: only the latter).")
 
 CONFIG_FILE = "training_config.json"
 
@@ -302,7 +305,7 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None):
         )
         sync_optimizer = None
         if deploy_config.num_ps_tasks > 0 and opts.sync_replicas:
-            sync_optimizer = optimizer = tf1.train.SyncReplicasOptimizer(
+            sync_optimizer = optimizer = cluster.SyncReplicasOptimizer(
                 optimizer, replicas_to_aggregate=_replicas_per_step(opts, deploy_config),
                 total_num_replicas=deploy_config.num_replicas)
 
@@ -387,6 +390,7 @@ def train(opts):
         deploy_config = model_deploy.DeploymentConfig(num_clones=opts.num_clones, clone_on_cpu=opts.clone_on_cpu)
     else:
         server, deploy_config, session_config = _join_cluster(opts, dist, session_config)
+        lost_cluster_guard = cluster.LostClusterGuard(dist.ps_hosts, lost_ps_secs=opts.dist_lost_ps_secs).start()
     is_chief = dist is None or dist.is_chief
     spec = resolve_dataset(opts)
     start_step = starting_global_step(opts.train_dir)
@@ -413,17 +417,26 @@ def train(opts):
             tensors_to_log={"learning_rate": parts.learning_rate, **parts.loss_terms},
             images_per_step=opts.batch_size * deploy_config.num_clones,
         )
-        if not is_chief:
-            cluster.wait_for_chief_model(server.target, session_config, opts.dist_startup_timeout_secs)
+        if server is not None:
+            train_step_fn = lost_cluster_guard.wrap_train_step(train_step_fn)
+        if server is not None:
+            with tf1.device(deploy_config.variables_device()):
+                chief_ready = cluster.ChiefReadyFlag()
+        if server is not None and not is_chief:
+            cluster.wait_for_chief_model(server.target, session_config, opts.dist_startup_timeout_secs, chief_ready)
         sync_chief = parts.sync_optimizer is not None and is_chief
-        with cluster.sync_chief_stop_grace() if server is not None else contextlib.nullcontext():
-            return slim.learning.train(
+        with cluster.sync_chief_stop_grace() if sync_chief else contextlib.nullcontext():
+            final_loss = slim.learning.train(
                 parts.train.train_tensor, logdir=opts.train_dir, init_fn=init_fn, train_step_fn=train_step_fn,
                 number_of_steps=opts.max_number_of_steps, log_every_n_steps=opts.log_every_n_steps,
                 save_summaries_secs=opts.save_summaries_secs, save_interval_secs=opts.save_interval_secs,
                 saver=saver, session_config=session_config, master=server.target if server else "",
                 is_chief=is_chief, sync_optimizer=parts.sync_optimizer, ignore_live_threads=sync_chief,
+                session_wrapper=chief_ready.session_wrapper if server is not None and is_chief else None,
             )
+        if server is not None:
+            lost_cluster_guard.stop()
+        return final_loss
 
 
 def _join_cluster(opts, dist, session_config):
@@ -450,10 +463,9 @@ def main(argv=None):
         except (dataset_factory.DatasetError, FileNotFoundError, ValueError, cluster.ClusterError) as error:
             logging.error("%s", error)
             return 2
-        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
-            logging.error("Lost the cluster (a ps task died or is unreachable; restart the cluster to resume from "
-                          "the last checkpoint): %s", str(error).splitlines()[0])
-            return 3
+        except cluster.LOST_CLUSTER_ERRORS as error:
+            logging.error("%s", cluster.lost_cluster_message(f"{type(error).__name__}: {cluster.first_line(error)}"))
+            return cluster.LOST_CLUSTER_EXIT_CODE
         return 0
 
     app.run(lambda argv: sys.exit(run(argv)), argv=argv)

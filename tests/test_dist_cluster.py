@@ -1,6 +1,7 @@
 """deployment/cluster.py: flag parsing and its errors, reachability timeout, batch sharding, session config."""
 
 import socket
+import threading
 import time
 
 import numpy as np
@@ -143,3 +144,137 @@ def test_big_variables_spread_over_ps_tasks():
         tasks = [tf.DeviceSpec.from_string(v.device).task for v in big]
         assert sorted(tasks) == [0, 0, 1, 1]
         assert all(tf.DeviceSpec.from_string(v.device).job == "ps" for v in big)
+
+
+class _ExitRecorder:
+    def __init__(self):
+        self.codes = []
+        self.called = threading.Event()
+
+    def __call__(self, code):
+        self.codes.append(code)
+        self.called.set()
+
+
+def test_lost_cluster_guard_exits_3_when_a_ps_port_refuses_connections(caplog):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    exit_fn = _ExitRecorder()
+    guard = cluster.LostClusterGuard([address], lost_ps_secs=0.5, exit_grace_secs=0.2, poll_secs=0.1,
+                                     exit_fn=exit_fn).start()
+    time.sleep(0.8)
+    assert not exit_fn.called.is_set(), "declared lost while the ps was listening"
+    start = time.monotonic()
+    listener.close()
+    assert exit_fn.called.wait(10), "the guard never exited"
+    assert exit_fn.codes == [3] and 0.5 <= time.monotonic() - start < 5
+    assert f"ps task {address} has refused connections" in guard.reason
+    assert any("Lost the cluster: ps task" in r.getMessage() for r in caplog.records)
+
+
+def test_lost_cluster_guard_stop_and_other_errors_do_not_exit():
+    exit_fn = _ExitRecorder()
+    (port,) = cluster.free_loopback_ports(1)
+    guard = cluster.LostClusterGuard([f"127.0.0.1:{port}"], lost_ps_secs=0.3, exit_grace_secs=0.1, poll_secs=0.1,
+                                     exit_fn=exit_fn).start()
+    guard.stop()
+
+    def failing_step(*unused):
+        raise tf.errors.InvalidArgumentError(None, None, "a bad batch")
+
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        guard.wrap_train_step(failing_step)(None, None, None, {})
+    assert not exit_fn.called.wait(1.0) and guard.reason is None
+
+
+@pytest.mark.parametrize("error_type", [tf.errors.UnavailableError, tf.errors.DeadlineExceededError])
+def test_lost_cluster_guard_a_failed_step_exits_after_the_grace(error_type):
+    exit_fn = _ExitRecorder()
+    guard = cluster.LostClusterGuard([], exit_grace_secs=0.3, exit_fn=exit_fn).start()
+    message = "Graph execution error:\n\n=====\nUNAVAILABLE: From /job:worker/replica:0/task:1:\nSocket closed\nmore"
+
+    def failing_step(*unused):
+        raise error_type(None, None, message)
+
+    start = time.monotonic()
+    with pytest.raises(error_type):
+        guard.wrap_train_step(failing_step)(None, None, None, {})
+    assert exit_fn.called.wait(5) and exit_fn.codes == [3]
+    assert time.monotonic() - start >= 0.3
+    assert guard.reason == (f"a training step failed with {error_type.__name__}: "
+                            "UNAVAILABLE: From /job:worker/replica:0/task:1: Socket closed")
+    guard.lost("again")
+    assert exit_fn.codes == [3] and "again" not in guard.reason
+
+
+def test_chief_ready_flag_is_set_only_by_the_chief_session_wrapper():
+    server = tf1.train.Server.create_local_server()  # sessions on one server share variables, like on a ps
+    with tf.Graph().as_default():
+        flag = cluster.ChiefReadyFlag()
+        tf1.Variable(1.0, name="model_weight")
+        assert flag.variable not in tf1.global_variables() + tf1.local_variables()
+        with tf1.Session(server.target) as session:
+            session.run([tf1.global_variables_initializer(), tf1.local_variables_initializer()])
+            assert not session.run(flag.is_set), "the usual initialisers must not set the flag"
+            assert len(session.run(tf1.report_uninitialized_variables())) == 0, "the flag blocks readiness checks"
+            start = time.monotonic()
+            with pytest.raises(cluster.ClusterError, match="has not initialised or restored the model within 0.3 s"):
+                cluster.wait_for_chief_model(server.target, None, 0.3, flag, poll_secs=0.05)
+            assert time.monotonic() - start < 5
+            assert flag.session_wrapper(session) is session
+            cluster.wait_for_chief_model(server.target, None, 5.0, flag, poll_secs=0.05)
+
+
+def _ancestors(op):
+    if not isinstance(op, tf.Operation):  # an assign to a resource variable returns a variable-like object
+        op = op.op if isinstance(op.op, tf.Operation) else op.read_value().op
+    seen, stack = set(), [op]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        stack.extend(t.op for t in current.inputs)
+        stack.extend(current.control_inputs)
+    return seen
+
+
+@pytest.mark.parametrize("replicas_to_aggregate, total, tokens", [(2, 2, 0), (1, 2, 0), (3, 2, 1)])
+def test_sync_replicas_optimizer_guards_only_the_pushed_gradients(replicas_to_aggregate, total, tokens):
+    """The caller's control dependencies (the trainer's NaN guard) must not reach the chief's
+    aggregation op, the token queue or the readiness/local-init ops (they would run the forward
+    pass and take batches); the initial tokens are only those needed to avoid a deadlock."""
+    with tf.Graph().as_default():
+        global_step = tf1.train.get_or_create_global_step()
+        weight = tf1.Variable([1.0, 2.0], name="weight")
+        loss = tf.reduce_sum(weight * weight)
+        guard = tf.debugging.assert_all_finite(loss, "guard").op
+        optimizer = cluster.SyncReplicasOptimizer(tf1.train.GradientDescentOptimizer(0.1), replicas_to_aggregate,
+                                                  total_num_replicas=total)
+        grads_and_vars = optimizer.compute_gradients(loss, [weight])
+        with tf.control_dependencies([guard]):
+            train_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
+        assert guard in _ancestors(train_op)
+        chief_queue_runner = optimizer.get_chief_queue_runner()
+        for op in [optimizer.local_step_init_op, optimizer.chief_init_op, optimizer.ready_for_local_init_op.op,
+                   *chief_queue_runner.enqueue_ops]:
+            assert guard not in _ancestors(op), op.name
+        init_tokens = optimizer.get_init_tokens_op()
+        assert optimizer.tokens_needed_at_start == tokens
+        if tokens == 0:
+            assert init_tokens.type == "NoOp"
+        with tf1.Session() as session:
+            session.run([tf1.global_variables_initializer(), tf1.local_variables_initializer()])
+            session.run(init_tokens)
+            assert session.run(optimizer._sync_token_queue.size()) == tokens
+
+
+def test_sync_chief_stop_grace_sets_a_default_only_while_active():
+    with tf.Graph().as_default():
+        tf1.train.get_or_create_global_step()
+        with cluster.sync_chief_stop_grace(secs=5.0):
+            assert tf1.train.Supervisor(logdir=None)._stop_grace_secs == 5.0
+            assert tf1.train.Supervisor(logdir=None, stop_grace_secs=7)._stop_grace_secs == 7
+        assert tf1.train.Supervisor(logdir=None)._stop_grace_secs == 120
