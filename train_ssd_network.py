@@ -413,9 +413,13 @@ def train(opts):
         saver = tf1.train.Saver(max_to_keep=opts.max_to_keep,
                                 keep_checkpoint_every_n_hours=opts.keep_checkpoint_every_n_hours,
                                 write_version=tf1.train.SaverDef.V2)
+        # Summaries run inside the chief's train step (see make_train_step_fn), not in a thread of their own.
+        summary_writer = tf1.summary.FileWriter(opts.train_dir) if is_chief else None
         train_step_fn = train_op_lib.make_train_step_fn(
             tensors_to_log={"learning_rate": parts.learning_rate, **parts.loss_terms},
             images_per_step=opts.batch_size * deploy_config.num_clones,
+            summary_op=tf1.summary.merge_all() if is_chief else None, summary_writer=summary_writer,
+            save_summaries_secs=opts.save_summaries_secs,
         )
         if server is not None:
             train_step_fn = lost_cluster_guard.wrap_train_step(train_step_fn)
@@ -429,7 +433,8 @@ def train(opts):
             final_loss = slim.learning.train(
                 parts.train.train_tensor, logdir=opts.train_dir, init_fn=init_fn, train_step_fn=train_step_fn,
                 number_of_steps=opts.max_number_of_steps, log_every_n_steps=opts.log_every_n_steps,
-                save_summaries_secs=opts.save_summaries_secs, save_interval_secs=opts.save_interval_secs,
+                summary_op=None, summary_writer=summary_writer,
+                save_interval_secs=opts.save_interval_secs,
                 saver=saver, session_config=session_config, master=server.target if server else "",
                 is_chief=is_chief, sync_optimizer=parts.sync_optimizer, ignore_live_threads=sync_chief,
                 session_wrapper=chief_ready.session_wrapper if server is not None and is_chief else None,

@@ -180,8 +180,11 @@ def build_train_op(
             # A finite loss can still give NaN gradients (e.g. sqrt at 0): check their norm too.
             loss_terms["gradient_global_norm"] = gradient_norm
             guards = [nan_guard(loss_terms, global_step)]
-        with tf.control_dependencies(guards):
-            apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
+        # The guard gates the gradients, not apply_gradients: optimizers such as
+        # SyncReplicasOptimizer build queue, token and readiness ops there that must not wait
+        # for (and so re-run) the forward pass each time they are run on their own.
+        grads_and_vars = gate_gradients(grads_and_vars, guards)
+        apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
         step_ops = [apply_op]
         moving_average = None
         if moving_average_decay:
@@ -195,6 +198,21 @@ def build_train_op(
         with tf.control_dependencies([update_op]):
             train_tensor = tf.identity(total_loss, name="train_op")
     return TrainOp(train_tensor, total_loss, grads_and_vars, gradient_norm, loss_terms, moving_average)
+
+
+def gate_gradients(grads_and_vars, dependencies):
+    """``grads_and_vars`` whose gradients are only available once ``dependencies`` have run."""
+    if not dependencies:
+        return grads_and_vars
+    gated = []
+    with tf.control_dependencies(dependencies):
+        for grad, var in grads_and_vars:
+            if isinstance(grad, tf.IndexedSlices):
+                grad = tf.IndexedSlices(tf.identity(grad.values), grad.indices, grad.dense_shape)
+            elif grad is not None:
+                grad = tf.identity(grad)
+            gated.append((grad, var))
+    return gated
 
 
 _GUARD_PATTERN = re.compile(
@@ -217,7 +235,8 @@ def describe_nan_guard_error(error):
     )
 
 
-def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_steps=None):
+def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_steps=None, summary_op=None,
+                       summary_writer=None, save_summaries_secs=60):
     """A ``train_step_fn`` for ``slim.learning.train`` with the NaN guard's stop and richer logs.
 
     Runs ``train_op`` (with ``tensors_to_log``, a {name: scalar} dict such as loss terms
@@ -227,17 +246,26 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     loss, the logged tensors, images/s (with ``images_per_step`` = batch x clones) and
     sec/step. A NaN/Inf guard failure raises :class:`NonFiniteLossError` with the term
     and step, which ends ``slim.learning.train`` without saving the bad step.
+
+    With ``summary_op`` and ``summary_writer`` (give ``slim.learning.train`` the same writer
+    and ``summary_op=None``), the summaries are computed in the same ``session.run`` as the
+    step, on the first step and then every ``save_summaries_secs``: they show the batch the
+    step trained on. Run on their own, as the Supervisor's summary thread does, they would
+    pull an extra batch from the input pipeline (and an extra forward pass) each time.
     """
     names = list((tensors_to_log or {}).keys())
     tensors = [tensors_to_log[name] for name in names]
     # The first step of a run is always logged: on a CPU a step can take a minute, and a user
     # should not wait log_every_n_steps of them to see that training runs.
     first_step_of_run = [True]
+    last_summary_time = [None]
 
     def train_step_fn(session, train_op, global_step, train_step_kwargs):
         start = time.time()
+        with_summary = summary_op is not None and (
+            last_summary_time[0] is None or start - last_summary_time[0] >= save_summaries_secs)
         try:
-            fetched = session.run([train_op] + tensors)
+            fetched = session.run([train_op] + tensors + ([summary_op] if with_summary else []))
         except tf.errors.InvalidArgumentError as error:
             message = describe_nan_guard_error(error)
             if message is None:
@@ -245,9 +273,14 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
             logging.error(message)
             raise NonFiniteLossError(message) from None
         elapsed = time.time() - start
+        if with_summary:
+            summary, fetched = fetched[-1], fetched[:-1]
         total_loss, logged = fetched[0], fetched[1:]
         # Read after the step: fetched with train_op, the step's value could be either side of its increment.
         np_global_step = int(session.run(global_step))
+        if with_summary:
+            summary_writer.add_summary(summary, np_global_step)
+            last_summary_time[0] = start
         if log_every_n_steps:
             should_log = np_global_step % log_every_n_steps == 0
         elif "should_log" in train_step_kwargs:

@@ -163,3 +163,33 @@ def test_options_reject_unknown_names_and_parse_sizes():
     assert nets_factory.parse_image_size("128x96") == (128, 96)
     with pytest.raises(ValueError, match="image size"):
         nets_factory.parse_image_size("0")
+
+
+def _train_in_process(spec, steps, with_summaries, tmp_path):
+    """Variables after ``steps`` steps run through the trainer's train_step_fn, summaries fused or not."""
+    opts = train_ssd_network.default_options(augmentation="none", optimizer="sgd", learning_rate=0.01, **TINY)
+    with tf.Graph().as_default():
+        parts = train_ssd_network.build_training_graph(opts, spec)
+        writer = tf1.summary.FileWriter(str(tmp_path)) if with_summaries else None
+        step_fn = train_ssd_network.train_op_lib.make_train_step_fn(
+            summary_op=tf1.summary.merge_all() if with_summaries else None, summary_writer=writer,
+            save_summaries_secs=0)
+        with tf1.Session() as session:
+            session.run(tf1.global_variables_initializer())
+            for _ in range(steps):
+                step_fn(session, parts.train.train_tensor, parts.global_step, {})
+            values = session.run(tf1.trainable_variables())
+        if writer:
+            writer.close()
+    return values
+
+
+def test_summaries_show_the_trained_batch_and_take_none_of_their_own(sample_dataset_dir, tmp_path):
+    spec = dataset_factory.get_dataset(None, "trainval", sample_dataset_dir)
+    plain = _train_in_process(spec, 3, False, tmp_path / "plain")
+    summarised = _train_in_process(spec, 3, True, tmp_path / "summarised")
+    # Had the summaries pulled batches of their own, steps 2 and 3 would have trained on other images.
+    for a, b in zip(plain, summarised):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    tags = _event_tags(str(tmp_path / "summarised"))
+    assert any(tag.startswith("ground_truth_images/") for tag in tags) and "Losses/total_loss" in tags
