@@ -19,7 +19,8 @@ than hanging forever. A worker that lost a ps exits with status 3 and one clear 
 bounded time (:class:`LostClusterGuard`: TensorFlow's session close would block forever).
 
 Synchronous training uses :class:`SyncReplicasOptimizer` (TensorFlow's, with no head-start
-tokens; ``deployment.train_op`` keeps its sync ops outside the NaN guard) and non-chief workers start
+tokens and its sync ops outside the caller's control dependencies, such as the NaN guard) and
+non-chief workers start
 only once the chief has initialised *and* restored the model (:class:`ChiefReadyFlag`).
 
 Listening: TensorFlow's gRPC server binds ``0.0.0.0:<port>`` of the task's own address (the
@@ -324,6 +325,25 @@ class SyncReplicasOptimizer(tf1.train.SyncReplicasOptimizer):
 
     def get_init_tokens_op(self, num_tokens=-1):
         return super().get_init_tokens_op(self.tokens_needed_at_start if num_tokens == -1 else num_tokens)
+
+    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+        """Keeps the caller's control dependencies (e.g. the NaN guard) on the gradients pushed, only.
+
+        TensorFlow's ``apply_gradients`` also builds the chief's aggregation op, the token queue and
+        the local-step init and readiness ops; built under the caller's control dependencies they
+        would run the forward pass (and take a batch from the input pipeline) each time the
+        Supervisor checks readiness and each time the chief's queue runner applies an update.
+        """
+        guarded = [(None if grad is None else _identity(grad), var) for grad, var in grads_and_vars]
+        with tf1.control_dependencies(None):
+            return super().apply_gradients(guarded, global_step=global_step, name=name)
+
+
+def _identity(gradient):
+    """``tf.identity`` of a dense or sparse gradient, created under the current control dependencies."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.identity(gradient.values), gradient.indices, gradient.dense_shape)
+    return tf.identity(gradient)
 
 
 def lost_cluster_message(reason):

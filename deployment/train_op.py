@@ -265,7 +265,15 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
         with_summary = summary_op is not None and (
             last_summary_time[0] is None or start - last_summary_time[0] >= save_summaries_secs)
         try:
-            fetched = session.run([train_op] + tensors + ([summary_op] if with_summary else []))
+            try:
+                fetched = session.run([train_op] + tensors + ([summary_op] if with_summary else []))
+            except tf.errors.InvalidArgumentError as error:
+                if not with_summary or describe_nan_guard_error(error) is not None:
+                    raise
+                # A histogram of non-finite activations fails the whole run before the guard can
+                # name the bad loss term; the guard held the step back, so run it without summaries.
+                with_summary = False
+                fetched = session.run([train_op] + tensors)
         except tf.errors.InvalidArgumentError as error:
             message = describe_nan_guard_error(error)
             if message is None:

@@ -56,9 +56,10 @@ def test_bccd_from_the_imagenet_vgg16_checkpoint_restores_26_variables_and_train
     assert SUMMARY.findall(trained.stderr)[0] == expected
     latest = tf.train.latest_checkpoint(train_dir)
     assert latest.endswith("model.ckpt-2")
-    # Two small steps later conv5_3 is still the ImageNet one (restored, not initialised).
+    # Two small steps later conv5_3 is still the ImageNet one (restored, not initialised): Adam moves
+    # each weight by about the learning rate (1e-4) a step, a fresh initialisation by its whole size.
     reader, imagenet = tf.train.load_checkpoint(latest), tf.train.load_checkpoint(vgg16_checkpoint)
     trained_weights = reader.get_tensor("ssd_300_vgg/conv5/conv5_3/weights")
     imagenet_weights = imagenet.get_tensor("vgg_16/conv5/conv5_3/weights")
-    assert np.abs(trained_weights - imagenet_weights).mean() < 0.01 * np.abs(imagenet_weights).mean()
+    assert np.abs(trained_weights - imagenet_weights).mean() < 0.1 * np.abs(imagenet_weights).mean()
     assert np.isfinite(reader.get_tensor("ssd_300_vgg/block4_box/conv_cls/weights")).all()
