@@ -158,6 +158,7 @@ def test_faults_worker_restart_chief_restart_killed_ps_and_cluster_restart(tmp_p
         saved = _wait_for(lambda: _checkpoint_step(train_dir), 60, "a checkpoint", local)
         local.kill("worker", 0)
         saved = _checkpoint_step(train_dir)
+        saved_name_step = int(tf.train.latest_checkpoint(train_dir).rsplit("-", 1)[1])
         worker_1_at_chief_kill = _last_step(local, 1)
         local.start("worker", 0)
         resumed_at = _wait_for(lambda: _last_step(local, 0), RESTART_TIMEOUT_SECS, "the restarted chief training",
@@ -166,7 +167,7 @@ def test_faults_worker_restart_chief_restart_killed_ps_and_cluster_restart(tmp_p
         assert _last_step(local, 1) > worker_1_at_chief_kill
         restored = [int(s) for s in re.findall(r"Restoring parameters from .*model\.ckpt-(\d+)",
                                                  local.read_log("worker", 0))]
-        assert restored and restored[0] >= saved and resumed_at >= saved, (restored, saved, resumed_at)
+        assert restored and restored[0] >= saved_name_step and resumed_at >= saved, (restored, saved, resumed_at)
 
         local.kill("ps", 0)
         killed = time.monotonic()
