@@ -29,7 +29,7 @@ _CLUSTER_FLAGS = ("--ps_hosts", "--worker_hosts", "--job_name", "--task_index")
 
 
 def free_ports(count, host=LOOPBACK):
-    # Same as deployment.cluster.free_loopback_ports, without importing TensorFlow into the launcher.
+    """``count`` distinct free TCP ports on ``host`` (bound to port 0 and released, all at once)."""
     import socket
 
     sockets = []

@@ -11,6 +11,7 @@ SCRIPTS = {
     "eval_ssd_network": "eval_ssd_network",
     "export_ssd_network": "export_ssd_network",
     "ssd_detect": "detect",
+    "ssd_local_cluster": "launch_local_cluster",
 }
 TOOLS = {
     "ssd_convert_keras_vgg16": "checkpoints.convert_keras_vgg16",

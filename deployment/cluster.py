@@ -497,17 +497,3 @@ def shard_batches(enumerated_dataset, batch_size, num_shards, shard_index):
         raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
     return enumerated_dataset.filter(
         lambda index, example: tf.equal((index // batch_size) % num_shards, shard_index))
-
-
-def free_loopback_ports(count, host="127.0.0.1"):
-    """``count`` distinct free TCP ports on ``host`` (bound to port 0 and released, all at once)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import launch_local_cluster
 from deployment import cluster, model_deploy
 from tf_compat import tf1
 
@@ -60,7 +61,7 @@ def test_settings_errors(ps, workers, job, index, fragment):
 
 
 def test_wait_for_tasks_times_out_naming_the_unreachable_task():
-    (port,) = cluster.free_loopback_ports(1)
+    (port,) = launch_local_cluster.free_ports(1)
     start = time.monotonic()
     with pytest.raises(cluster.ClusterError, match=rf"cannot reach ps task\(s\) 127.0.0.1:{port} within 1 s"):
         cluster.wait_for_tasks([f"127.0.0.1:{port}"], timeout_secs=1.0, poll_secs=0.1)
@@ -74,8 +75,8 @@ def test_wait_for_tasks_returns_once_listening():
         cluster.wait_for_tasks([f"127.0.0.1:{listener.getsockname()[1]}"], timeout_secs=5.0)
 
 
-def test_free_loopback_ports_are_distinct():
-    ports = cluster.free_loopback_ports(5)
+def test_free_ports_are_distinct():
+    ports = launch_local_cluster.free_ports(5)
     assert len(set(ports)) == 5 and all(1024 <= p <= 65535 for p in ports)
 
 
@@ -176,7 +177,7 @@ def test_lost_cluster_guard_exits_3_when_a_ps_port_refuses_connections(caplog):
 
 def test_lost_cluster_guard_stop_and_other_errors_do_not_exit():
     exit_fn = _ExitRecorder()
-    (port,) = cluster.free_loopback_ports(1)
+    (port,) = launch_local_cluster.free_ports(1)
     guard = cluster.LostClusterGuard([f"127.0.0.1:{port}"], lost_ps_secs=0.3, exit_grace_secs=0.1, poll_secs=0.1,
                                      exit_fn=exit_fn).start()
     guard.stop()
