@@ -228,7 +228,7 @@ def build_input_dataset(opts, spec, net, data_seed, num_shards=1, shard_index=0)
     return dataset.prefetch(max(2, opts.num_clones))
 
 
-def make_clone_fn(opts, net, iterator, deploy_config, labels_to_names):
+def make_clone_fn(opts, net, iterator, deploy_config):
     """The model_fn run once per clone: dequeue a batch, SSD net, multibox loss."""
 
     def clone_fn():
@@ -279,7 +279,7 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None):
         dataset = build_input_dataset(opts, spec, net, data_seed, deploy_config.num_replicas, deploy_config.replica_id)
         iterator = tf1.data.make_one_shot_iterator(dataset)
 
-    clone_fn = make_clone_fn(opts, net, iterator, deploy_config, spec.labels_to_names)
+    clone_fn = make_clone_fn(opts, net, iterator, deploy_config)
     clones = model_deploy.create_clones(deploy_config, clone_fn)
     first_clone = clones[0]
 
@@ -329,8 +329,7 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None):
                 batch["image"], batch["boxes"], batch["labels"], spec.labels_to_names,
                 max_images=opts.num_summary_images, name="training_images")
 
-    loss_terms = {name.split("/", 1)[-1] if deploy_config.num_clones == 1 else name: tensor
-                  for name, tensor in _loss_terms_of(first_clone, deploy_config.num_clones).items()}
+    loss_terms = _loss_terms_of(first_clone)
     return types.SimpleNamespace(
         net=net, deploy_config=deploy_config, global_step=global_step, clones=clones, train=train,
         learning_rate=learning_rate, optimizer=optimizer, iterator=iterator, loss_terms=loss_terms,
@@ -345,14 +344,13 @@ def _replicas_per_step(opts, deploy_config):
     return 1
 
 
-def _loss_terms_of(clone, num_clones):
-    """The first clone's multibox loss terms by name, for the log line."""
+def _loss_terms_of(clone):
+    """A clone's multibox loss terms for the log line, named without the clone and loss scopes
+    (``cross_entropy_pos/value``, ...)."""
     terms = {}
     for loss in tf1.losses.get_losses(scope=clone.scope):
-        name = loss.op.name
-        if clone.scope and name.startswith(clone.scope):
-            name = name[len(clone.scope):]
-        terms[name.strip("/")] = loss
+        name = loss.op.name[len(clone.scope):] if clone.scope else loss.op.name
+        terms[name.strip("/").split("/", 1)[-1]] = loss
     return terms
 
 

@@ -153,7 +153,7 @@ def build_network_only(opts, num_classes):
     net = train_ssd_network.build_network(opts, num_classes)
     with tf1.device(deploy_config.inputs_device()), tf.name_scope("input"):
         batches = _StandInBatches(opts, net)
-    clone_fn = train_ssd_network.make_clone_fn(opts, net, batches, deploy_config, {})
+    clone_fn = train_ssd_network.make_clone_fn(opts, net, batches, deploy_config)
     model_deploy.create_clones(deploy_config, clone_fn)
     return net
 
