@@ -390,6 +390,10 @@ def train(opts):
         server, deploy_config, session_config = _join_cluster(opts, dist, session_config)
         lost_cluster_guard = cluster.LostClusterGuard(dist.ps_hosts, lost_ps_secs=opts.dist_lost_ps_secs).start()
     is_chief = dist is None or dist.is_chief
+    if not devices.available_gpus() and opts.batch_size * opts.num_clones >= 16:
+        logging.warning("No GPU: on a CPU one step of %s at batch %d takes tens of seconds (and many GB of memory); "
+                        "--batch_size and --image_size make it faster.", opts.model_name,
+                        opts.batch_size * opts.num_clones)
     spec = resolve_dataset(opts)
     start_step = starting_global_step(opts.train_dir)
     # A resumed run must not replay the first run's data order and augmentations.
