@@ -28,12 +28,13 @@ from absl import logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from datasets import label_map  # noqa: E402
-from evaluation import ssd_eval  # noqa: E402
+from evaluation import detectors, ssd_eval  # noqa: E402
 from preprocessing import ssd_vgg_preprocessing  # noqa: E402
 from tf_compat import tf1  # noqa: E402
 
-SIGNATURE_NAME = "serving_default"
-INPUT_NAME = "images"
+# The serving contract is defined once, where the SavedModel is read back.
+SIGNATURE_NAME = detectors.SIGNATURE_NAME
+INPUT_NAME = detectors.INPUT_NAME
 OUTPUT_NAMES = ("boxes", "classes", "class_names", "scores", "num_detections", "image_shape")
 EXPORT_CONFIG = "export_config.json"
 LABELS_FILE = "labels.txt"
