@@ -16,6 +16,7 @@ batch and builds the network and the multibox loss on its device; the clone grad
 averaged on the optimizer device and applied there.
 """
 
+import collections
 import contextlib
 import json
 import os
@@ -32,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 from datasets import dataset_factory, sample_data  # noqa: E402
 from deployment import checkpoint_init, cluster, devices, learning_rate as lr_lib, model_deploy  # noqa: E402
 from deployment import optimizers, summaries, train_op as train_op_lib  # noqa: E402
-from nets import nets_factory  # noqa: E402
+from nets import matching, multibox_loss, nets_factory  # noqa: E402
 from preprocessing import preprocessing_factory, seeds, visualization  # noqa: E402
 from preprocessing.ssd_vgg_preprocessing import TrainAugmentation  # noqa: E402
 from tf_compat import slim, tf1  # noqa: E402
@@ -87,6 +88,10 @@ _define("float", "negative_threshold", None, "IoU below which an anchor may be a
 _define("float", "negative_ratio", 3.0, "Hard negatives mined per positive, per image.")
 _define("float", "loss_alpha", 1.0, "Weight of the localisation loss.")
 _define("float", "label_smoothing", 0.0, "Label smoothing of the classification loss.")
+_define("enum", "loss_normalization", "step",
+        "What the multibox loss is divided by: 'step', the positives of all clones' batches of the step (N clones "
+        "x batch B train exactly as one tower on N*B images), or 'clone', each clone's own positives "
+        "(SSD-Tensorflow's; what each worker does with --sync_replicas).", enum_values=["step", "clone"])
 
 # Optimisation.
 _define("enum", "optimizer", "adam",
@@ -198,9 +203,9 @@ def starting_global_step(train_dir):
 
 def build_input_dataset(opts, spec, net, data_seed, num_shards=1, shard_index=0):
     """Batches for the towers: dicts of image [B,H,W,3] float32, labels [B,N], boxes [B,N,4]
-    (padded with label 0 / empty boxes) and, with targets encoded in the input pipeline,
-    gclasses [B,A], glocalisations [B,A,4], gscores [B,A]. Replica ``shard_index`` of
-    ``num_shards`` keeps every ``num_shards``-th batch (:func:`deployment.cluster.shard_batches`)."""
+    (padded with label 0 / empty boxes) and, with targets encoded in the input pipeline, the
+    :class:`nets.matching.Targets` fields under ``matching.TARGET_KEYS``. Replica ``shard_index``
+    of ``num_shards`` keeps every ``num_shards``-th batch (:func:`deployment.cluster.shard_batches`)."""
     preprocess = preprocessing_factory.get_preprocessing(opts.model_name, is_training=True)
     augmentation = _augmentation(opts)
     out_shape = net.params.img_shape
@@ -213,9 +218,8 @@ def build_input_dataset(opts, spec, net, data_seed, num_shards=1, shard_index=0)
         )
         prepared = {"image": image, "labels": labels, "boxes": boxes}
         if encode_in_input:
-            gclasses, glocalisations, gscores = net.bboxes_encode(
-                labels, boxes, match_threshold=opts.match_threshold, negative_threshold=opts.negative_threshold)
-            prepared.update(gclasses=gclasses, glocalisations=glocalisations, gscores=gscores)
+            prepared.update(matching.targets_to_dict(net.bboxes_encode(
+                labels, boxes, match_threshold=opts.match_threshold, negative_threshold=opts.negative_threshold)))
         return prepared
 
     dataset = dataset_factory.build_dataset(
@@ -228,12 +232,45 @@ def build_input_dataset(opts, spec, net, data_seed, num_shards=1, shard_index=0)
     return dataset.prefetch(max(2, opts.num_clones))
 
 
-def make_clone_fn(opts, net, iterator, deploy_config):
-    """The model_fn run once per clone: dequeue a batch, SSD net, multibox loss."""
+CloneInputs = collections.namedtuple("CloneInputs", ["batch", "targets", "normaliser"])
+CloneInputs.__doc__ = """What one tower trains on: its batch (dict), its :class:`nets.matching.Targets` and the
+normaliser of its multibox loss (None: its own positives)."""
+
+
+def dequeue_clone_inputs(opts, net, iterator, deploy_config):
+    """One :class:`CloneInputs` per clone: each clone's batch (dequeued on the inputs device), its
+    targets (from the batch, or matched on the clone's device with ``--encode_targets_in=tower``)
+    and, with ``--loss_normalization=step``, the normaliser shared by all clones: the positives of
+    every clone's batch, summed on the optimizer device (so N towers x B images train exactly as
+    one tower on the N*B images)."""
+    num_clones = deploy_config.num_clones
+    with tf1.device(deploy_config.inputs_device()), tf.name_scope("clone_inputs"):
+        batches = [iterator.get_next() for _ in range(num_clones)]
+    targets = []
+    for index, batch in enumerate(batches):
+        if opts.encode_targets_in == "input":
+            targets.append(matching.targets_from_dict(batch))
+        else:
+            with tf1.device(deploy_config.clone_device(index)), tf.name_scope(f"clone_targets_{index}"):
+                targets.append(net.bboxes_encode(batch["labels"], batch["boxes"], match_threshold=opts.match_threshold,
+                                                 negative_threshold=opts.negative_threshold))
+    normaliser = None
+    if opts.loss_normalization == "step":
+        with tf1.device(deploy_config.optimizer_device()):
+            normaliser = multibox_loss.step_normaliser([multibox_loss.count_positives(t) for t in targets])
+    return [CloneInputs(batch, target, normaliser) for batch, target in zip(batches, targets)]
+
+
+def make_clone_fn(opts, net, clone_inputs):
+    """The model_fn for ``model_deploy.create_clones``: SSD net and multibox loss on the next
+    clone's inputs (the i-th call trains on ``clone_inputs[i]``, as each call of a TF-Slim clone
+    function dequeues its own batch)."""
+    pending = list(clone_inputs)
 
     def clone_fn():
-        with tf1.device(deploy_config.inputs_device()):
-            batch = iterator.get_next()
+        if not pending:
+            raise ValueError(f"clone_fn called more often than the {len(clone_inputs)} clone inputs prepared")
+        batch, targets, normaliser = pending.pop(0)
         images = batch["image"]
         if opts.data_format == "NCHW":
             images = tf.transpose(images, [0, 3, 1, 2])
@@ -242,21 +279,19 @@ def make_clone_fn(opts, net, iterator, deploy_config):
                 images, is_training=True, dropout_keep_prob=opts.dropout_keep_prob, data_format=opts.data_format,
                 dropout_seed=opts.seed,
             )
-        if opts.encode_targets_in == "input":
-            gclasses, glocalisations, gscores = batch["gclasses"], batch["glocalisations"], batch["gscores"]
-        else:
-            gclasses, glocalisations, gscores = net.bboxes_encode(
-                batch["labels"], batch["boxes"], match_threshold=opts.match_threshold,
-                negative_threshold=opts.negative_threshold)
-        net.losses(
-            logits, localisations, gclasses, glocalisations, gscores, match_threshold=opts.match_threshold,
-            negative_ratio=opts.negative_ratio, alpha=opts.loss_alpha, label_smoothing=opts.label_smoothing,
-        )
+        net.losses(logits, localisations, targets, negative_ratio=opts.negative_ratio, alpha=opts.loss_alpha,
+                   label_smoothing=opts.label_smoothing, normaliser=normaliser)
         end_points = dict(end_points)
         end_points["_batch"] = batch
         return end_points
 
     return clone_fn
+
+
+def build_clones(opts, net, iterator, deploy_config):
+    """The towers (``model_deploy.create_clones``) on batches from ``iterator``; returns the clones."""
+    clone_inputs = dequeue_clone_inputs(opts, net, iterator, deploy_config)
+    return model_deploy.create_clones(deploy_config, make_clone_fn(opts, net, clone_inputs))
 
 
 def _float_list(values, name):
@@ -279,8 +314,7 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None):
         dataset = build_input_dataset(opts, spec, net, data_seed, deploy_config.num_replicas, deploy_config.replica_id)
         iterator = tf1.data.make_one_shot_iterator(dataset)
 
-    clone_fn = make_clone_fn(opts, net, iterator, deploy_config)
-    clones = model_deploy.create_clones(deploy_config, clone_fn)
+    clones = build_clones(opts, net, iterator, deploy_config)
     first_clone = clones[0]
 
     with tf1.device(deploy_config.optimizer_device()):

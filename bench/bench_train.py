@@ -47,6 +47,7 @@ def build_plain_step(opts, spec):
     import tensorflow as tf
 
     import train_ssd_network
+    from nets import matching
     from tf_compat import slim, tf1
 
     net = train_ssd_network.build_network(opts, spec.num_classes)
@@ -56,7 +57,7 @@ def build_plain_step(opts, spec):
         batch = tf1.data.make_one_shot_iterator(dataset).get_next()
         with slim.arg_scope(net.arg_scope(weight_decay=opts.weight_decay)):
             _, localisations, logits, _ = net.net(batch["image"], is_training=True, dropout_keep_prob=1.0)
-        net.losses(logits, localisations, batch["gclasses"], batch["glocalisations"], batch["gscores"])
+        net.losses(logits, localisations, matching.targets_from_dict(batch))
         total_loss = tf1.losses.get_total_loss()
         optimizer = tf1.train.AdamOptimizer(opts.learning_rate)
         train_op = optimizer.minimize(total_loss, global_step=global_step)

@@ -41,6 +41,7 @@ import tensorflow as tf  # noqa: E402
 import train_ssd_network  # noqa: E402  (defines the trainer's flags, which this command takes)
 from datasets import dataset_factory  # noqa: E402
 from deployment import checkpoint_init, model_deploy  # noqa: E402
+from nets import matching  # noqa: E402
 from tf_compat import slim, tf1  # noqa: E402
 
 
@@ -136,10 +137,9 @@ class _StandInBatches:
             "boxes": tf1.placeholder(tf.float32, [opts.batch_size, None, 4], name="boxes"),
         }
         if opts.encode_targets_in == "input":
-            gclasses, glocalisations, gscores = net.bboxes_encode(
+            batch.update(matching.targets_to_dict(net.bboxes_encode(
                 batch["labels"], batch["boxes"], match_threshold=opts.match_threshold,
-                negative_threshold=opts.negative_threshold)
-            batch.update(gclasses=gclasses, glocalisations=glocalisations, gscores=gscores)
+                negative_threshold=opts.negative_threshold)))
         self._batch = batch
 
     def get_next(self):
@@ -153,8 +153,7 @@ def build_network_only(opts, num_classes):
     net = train_ssd_network.build_network(opts, num_classes)
     with tf1.device(deploy_config.inputs_device()), tf.name_scope("input"):
         batches = _StandInBatches(opts, net)
-    clone_fn = train_ssd_network.make_clone_fn(opts, net, batches, deploy_config)
-    model_deploy.create_clones(deploy_config, clone_fn)
+    train_ssd_network.build_clones(opts, net, batches, deploy_config)
     return net
 
 

@@ -1,23 +1,60 @@
-"""Vectorised SSD anchor matching and target encoding (the paper's rule, no loop over boxes).
+"""SSD anchor matching and explicit training targets (the paper's rule, as Caffe SSD implements it).
 
-For every image, with IoU computed between every anchor and every ground-truth box in one op:
+For every image, with the IoU of every anchor and every ground-truth box computed in one op:
 
-1. Boxes with label <= 0 (padding) or zero area never match.
-2. Every ground-truth box takes its best anchor (highest IoU, first anchor on ties), provided that
-   IoU is > 0. When several boxes pick the same anchor, the box with the highest IoU with that
-   anchor keeps it (lowest box index on ties); the others keep only their threshold matches.
-3. Every other anchor takes its best box when that IoU is >= ``match_threshold``.
-4. Optional ignore band: unmatched anchors whose best IoU is >= ``negative_threshold`` get
-   class -1 and are neither positives nor negatives in the loss.
+1. Boxes with label <= 0 (padding) or without positive area never match.
+2. Bipartite stage (Caffe's ``MatchBBox``, first part): repeatedly, the (box, anchor) pair
+   with the highest IoU among unmatched boxes and untaken anchors is matched, until every box
+   is matched or no unmatched box overlaps an untaken anchor. Every box therefore gets its
+   own anchor, even when several boxes want the same best anchor (near-duplicates, crowds).
+   Ties: the lower box index, then the lower anchor index.
+3. Threshold stage: every anchor the bipartite stage did not take is matched to its best box
+   when that IoU is >= ``match_threshold``.
+4. Optional ignore band: unmatched anchors whose best IoU is >= ``negative_threshold`` are
+   ignored (neither positive nor negative in the loss).
 
-Outputs per anchor: ``gclasses`` (label, 0 background, -1 ignored), ``glocalisations``
-(encoded offsets of the assigned box, zeros when not positive) and ``gscores`` (IoU with the
-assigned box for positives, the best IoU with any valid box otherwise, 0 without boxes).
+The bipartite stage runs in rounds (a bounded ``tf.while_loop``, at most one round per box):
+each round matches, at once, every pair that is both the best untaken anchor of its box and
+the best unmatched box of its anchor. Such a pair has the highest IoU of all pairs touching
+its box or its anchor, so the one-pair-at-a-time greedy rule would match it too, whatever
+order the rest comes in; the global best pair always qualifies, so each round makes progress.
+Most images need one or two rounds.
+
+:func:`bboxes_encode` returns :class:`Targets`, explicit per-anchor class targets, box targets
+and weights: the loss reads which anchors are positives and which may be negatives from the
+weights, and re-derives nothing from a threshold.
 """
+
+import collections
 
 import tensorflow as tf
 
 from nets import box_coding
+
+Targets = collections.namedtuple("Targets", ["classes", "boxes", "positive_weights", "negative_weights", "ious"])
+Targets.__doc__ = """Per-anchor training targets, [(B,) A] (``boxes`` [(B,) A, 4]).
+
+- ``classes`` int64: the assigned box's label for positives, 0 (background) otherwise.
+- ``boxes`` float32: the assigned box encoded against the anchor (:mod:`nets.box_coding`) for
+  positives, zeros otherwise.
+- ``positive_weights`` float32: 1 for positives (classification and localisation), else 0.
+- ``negative_weights`` float32: 1 for negative candidates (unmatched, below the ignore band),
+  from which hard negative mining picks; 0 for positives and ignored anchors.
+- ``ious`` float32: IoU with the assigned box for positives, the best IoU with any valid box
+  otherwise (0 without boxes). For reports and summaries, not for the loss.
+
+An anchor with both weights 0 is ignored."""
+
+TARGET_KEYS = tuple(f"target_{field}" for field in Targets._fields)
+
+
+def targets_to_dict(targets):
+    """{``target_classes``: ..., ...}: how targets travel through the input pipeline."""
+    return dict(zip(TARGET_KEYS, targets))
+
+
+def targets_from_dict(values):
+    return Targets(*(values[key] for key in TARGET_KEYS))
 
 
 def anchors_to_corners(anchors):
@@ -59,12 +96,65 @@ def _batched_inputs(labels, boxes):
     return single, labels, boxes
 
 
+def bipartite_match(iou, valid):
+    """The bipartite stage (module docstring, rule 2) on an IoU matrix.
+
+    Args:
+      iou: [B, A, N] float32, anchors by boxes.
+      valid: [B, N] bool, the boxes that may be matched.
+
+    Returns:
+      ``box_anchor`` [B, N] int32: the anchor each box took, -1 when it took none (invalid, or
+      no overlap left with any untaken anchor).
+    """
+    with tf.name_scope("bipartite_match"):
+        by_box = tf.transpose(iou, [0, 2, 1])  # [B, N, A]: argmax over the last axis is fastest
+        batch, num_boxes = tf.shape(by_box)[0], tf.shape(by_box)[1]
+        num_anchors = tf.shape(by_box)[2]
+        box_ids = tf.range(num_boxes)
+        lower_box = box_ids[:, tf.newaxis] < box_ids[tf.newaxis, :]  # [m, n]: m < n
+        batch_ids = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], [batch, num_boxes])
+
+        def round_(unused_round, open_boxes, taken, box_anchor):
+            available = tf.where(open_boxes[:, :, tf.newaxis] & tf.logical_not(taken[:, tf.newaxis, :]), by_box, -1.0)
+            best_anchor = tf.argmax(available, axis=2, output_type=tf.int32)  # first anchor on ties
+            best_iou = tf.reduce_max(available, axis=2)
+            # rival[b, m, n]: box m's IoU with box n's best anchor (-1 if m is closed or the anchor taken).
+            rival = tf.gather(available, best_anchor, axis=2, batch_dims=1)
+            beaten = (rival > best_iou[:, tf.newaxis, :]) | (
+                tf.equal(rival, best_iou[:, tf.newaxis, :]) & lower_box[tf.newaxis]
+            )
+            wins = open_boxes & (best_iou > 0.0) & tf.logical_not(tf.reduce_any(beaten, axis=1))
+            box_anchor = tf.where(wins, best_anchor, box_anchor)
+            won_at = tf.stack([batch_ids, best_anchor], axis=-1)
+            # float32 scatters have kernels on every device; the input's zeros keep the static shape.
+            won = tf.tensor_scatter_nd_max(tf.zeros_like(taken, tf.float32), won_at, tf.cast(wins, tf.float32))
+            taken = taken | (won > 0.0)
+            open_boxes = open_boxes & tf.logical_not(wins) & (best_iou > 0.0)
+            return unused_round + 1, open_boxes, taken, box_anchor
+
+        def any_open(round_index, open_boxes, unused_taken, unused_box_anchor):
+            return (round_index < num_boxes) & tf.reduce_any(open_boxes)
+
+        initial = (
+            tf.constant(0),
+            valid,
+            tf.zeros([batch, num_anchors], tf.bool),
+            tf.fill([batch, num_boxes], -1),
+        )
+        _, _, _, box_anchor = tf.while_loop(any_open, round_, initial, name="rounds")
+        return box_anchor
+
+
 def match_anchors(labels, boxes, anchors, match_threshold=0.5, negative_threshold=None):
     """Batched matching. labels [B, N], boxes [B, N, 4], anchors [A, 4] centre form.
 
-    Returns ``(assigned [B, A] int32, positive [B, A] bool, ignored [B, A] bool, gscores [B, A])``.
-    The [B, A, N] work is the IoU and three reductions; the best-anchor rule works on [B, N].
+    Returns ``(assigned [B, A] int32, positive [B, A] bool, ignored [B, A] bool, ious [B, A])``:
+    the box index each anchor is matched to (meaningful where positive), and the IoU with it
+    (positives) or the best IoU with any valid box (the others).
     """
+    if not 0.0 < match_threshold <= 1.0:
+        raise ValueError(f"match_threshold must lie in (0, 1], got {match_threshold}")
     if negative_threshold is not None and not 0.0 <= negative_threshold <= match_threshold:
         raise ValueError(
             f"negative_threshold must lie in [0, match_threshold={match_threshold}], got {negative_threshold}"
@@ -73,38 +163,28 @@ def match_anchors(labels, boxes, anchors, match_threshold=0.5, negative_threshol
     num_anchors = anchor_corners.shape[0]
     ymin, xmin, ymax, xmax = tf.unstack(boxes, 4, axis=-1)
     valid = (labels > 0) & (ymax > ymin) & (xmax > xmin)
-    # Invalid boxes become empty, so their IoU is 0 with every anchor: they can neither reach the
-    # threshold nor be a box's best anchor (rule 2 skips them explicitly too).
+    # Invalid boxes become empty, so their IoU is 0 with every anchor and they never reach the threshold.
     boxes = tf.where(valid[..., tf.newaxis], boxes, 0.0)
     iou = iou_anchors_boxes(anchor_corners, boxes)
 
-    # Rule 2: every box's best anchor; where boxes share one, the highest IoU (then lowest index) wins.
-    best_anchor_per_box = tf.argmax(iou, axis=1, output_type=tf.int32)
-    best_iou_per_box = tf.reduce_max(iou, axis=1)
-    can_force = valid & (best_iou_per_box > 0.0)
-    num_boxes = tf.shape(labels)[1]
-    box_ids = tf.range(num_boxes)
-    same_anchor = tf.equal(best_anchor_per_box[:, :, tf.newaxis], best_anchor_per_box[:, tf.newaxis, :])
-    iou_n = best_iou_per_box[:, :, tf.newaxis]
-    iou_m = best_iou_per_box[:, tf.newaxis, :]
-    lower_index = box_ids[tf.newaxis, tf.newaxis, :] < box_ids[tf.newaxis, :, tf.newaxis]
-    beaten = (iou_m > iou_n) | ((iou_m == iou_n) & lower_index)
-    winner = can_force & tf.logical_not(tf.reduce_any(same_anchor & beaten & can_force[:, tf.newaxis, :], axis=2))
-    batch_ids = tf.broadcast_to(tf.range(tf.shape(labels)[0])[:, tf.newaxis], tf.shape(best_anchor_per_box))
-    scatter_at = tf.stack([batch_ids, best_anchor_per_box], axis=-1)
-    forced_shape = tf.stack([tf.shape(labels)[0], num_anchors])
-    # float32 scatters (exact for box indices below 2**24) have kernels on every device.
-    winner_ids = tf.where(winner, tf.cast(box_ids[tf.newaxis, :] + 1, tf.float32), 0.0)
-    forced_box_plus_one = tf.cast(tf.tensor_scatter_nd_max(tf.zeros(forced_shape), scatter_at, winner_ids), tf.int32)
-    forced_iou = tf.tensor_scatter_nd_max(tf.zeros(forced_shape), scatter_at, tf.where(winner, best_iou_per_box, 0.0))
-    anchor_forced = forced_box_plus_one > 0
+    box_anchor = bipartite_match(iou, valid)
+    batch, num_boxes = tf.shape(labels)[0], tf.shape(labels)[1]
+    matched = box_anchor >= 0
+    batch_ids = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], [batch, num_boxes])
+    scatter_at = tf.stack([batch_ids, tf.maximum(box_anchor, 0)], axis=-1)
+    # Each anchor is taken by at most one box: (box index + 1) scatters exactly, 0 = none (float32:
+    # exact below 2**24 boxes, with kernels on every device).
+    box_ids = tf.cast(tf.range(1, num_boxes + 1)[tf.newaxis], tf.float32)
+    taken_by = tf.tensor_scatter_nd_max(tf.zeros(tf.stack([batch, num_anchors])), scatter_at,
+                                        tf.where(matched, box_ids, 0.0))
+    taken_by = tf.cast(taken_by, tf.int32)
+    anchor_taken = taken_by > 0
 
-    # Rule 3: threshold matches.
     best_box = tf.argmax(iou, axis=2, output_type=tf.int32)
     best_iou = tf.reduce_max(iou, axis=2)
-    assigned = tf.where(anchor_forced, forced_box_plus_one - 1, best_box)
-    assigned_iou = tf.where(anchor_forced, forced_iou, best_iou)
-    positive = anchor_forced | (best_iou >= match_threshold)
+    assigned = tf.where(anchor_taken, taken_by - 1, best_box)
+    assigned_iou = tf.where(anchor_taken, tf.gather(iou, tf.maximum(taken_by - 1, 0), axis=2, batch_dims=2), best_iou)
+    positive = anchor_taken | (best_iou >= match_threshold)
     if negative_threshold is None:
         ignored = tf.zeros_like(positive)
     else:
@@ -115,24 +195,21 @@ def match_anchors(labels, boxes, anchors, match_threshold=0.5, negative_threshol
 def bboxes_encode(
     labels, boxes, anchors, match_threshold=0.5, negative_threshold=None, prior_scaling=box_coding.PRIOR_SCALING
 ):
-    """Targets for one image (labels [N], boxes [N, 4]) or a padded batch ([B, N], [B, N, 4]).
+    """:class:`Targets` for one image (labels [N], boxes [N, 4]) or a padded batch ([B, N], [B, N, 4]).
 
     Boxes are ``(ymin, xmin, ymax, xmax)`` relative; anchors [A, 4] are centre form.
-    Returns ``gclasses`` [(B,) A] int64, ``glocalisations`` [(B,) A, 4] float32 and
-    ``gscores`` [(B,) A] float32.
     """
     with tf.name_scope("bboxes_encode"):
         single, labels, boxes = _batched_inputs(labels, boxes)
-        assigned, positive, ignored, gscores = match_anchors(
-            labels, boxes, anchors, match_threshold, negative_threshold
-        )
+        assigned, positive, ignored, ious = match_anchors(labels, boxes, anchors, match_threshold, negative_threshold)
         assigned_labels = tf.gather(labels, assigned, batch_dims=1)
-        gclasses = tf.where(
-            positive, assigned_labels, tf.where(ignored, -tf.ones_like(assigned_labels), tf.zeros_like(assigned_labels))
-        )
+        classes = tf.where(positive, assigned_labels, tf.zeros_like(assigned_labels))
         matched_boxes = tf.gather(boxes, assigned, batch_dims=1)
         offsets = box_coding.encode(matched_boxes, anchors, prior_scaling)
-        glocalisations = tf.where(positive[..., tf.newaxis], offsets, tf.zeros_like(offsets))
+        box_targets = tf.where(positive[..., tf.newaxis], offsets, tf.zeros_like(offsets))
+        positive_weights = tf.cast(positive, tf.float32)
+        negative_weights = tf.cast(tf.logical_not(positive | ignored), tf.float32)
+        targets = Targets(classes, box_targets, positive_weights, negative_weights, ious)
         if single:
-            return gclasses[0], glocalisations[0], gscores[0]
-        return gclasses, glocalisations, gscores
+            return Targets(*(t[0] for t in targets))
+        return targets

@@ -160,7 +160,7 @@ class SSDNet:
 
     # Targets, loss, detections -----------------------------------------------------------------
     def bboxes_encode(self, labels, boxes, match_threshold=0.5, negative_threshold=None, scope=None):
-        """(gclasses, glocalisations, gscores) flattened over anchors, for one image or a padded batch.
+        """:class:`nets.matching.Targets` flattened over anchors, for one image or a padded batch.
         See :func:`nets.matching.bboxes_encode`."""
         with tf.name_scope(scope or "ssd_bboxes_encode"):
             return matching.bboxes_encode(
@@ -173,12 +173,12 @@ class SSDNet:
             offsets = layer_outputs.flatten_layers(localisations, 1)
             return box_coding.decode(offsets, self.flat_anchors(), self.params.prior_scaling)
 
-    def losses(self, logits, localisations, gclasses, glocalisations, gscores, match_threshold=0.5,
-               negative_ratio=3.0, alpha=1.0, label_smoothing=0.0, scope=None):
+    def losses(self, logits, localisations, targets, negative_ratio=3.0, alpha=1.0, label_smoothing=0.0,
+               normaliser=None, scope=None):
         """:class:`nets.multibox_loss.MultiboxLosses`; see :func:`nets.multibox_loss.multibox_loss`."""
         return multibox_loss.multibox_loss(
-            logits, localisations, gclasses, glocalisations, gscores, match_threshold=match_threshold,
-            negative_ratio=negative_ratio, alpha=alpha, label_smoothing=label_smoothing, scope=scope,
+            logits, localisations, targets, negative_ratio=negative_ratio, alpha=alpha,
+            label_smoothing=label_smoothing, normaliser=normaliser, scope=scope,
         )
 
     def detected_bboxes(self, predictions, localisations, select_threshold=0.01, nms_threshold=0.45, top_k=400,

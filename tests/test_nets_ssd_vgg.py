@@ -147,8 +147,9 @@ def test_gradients_reach_every_head():
     with tf.Graph().as_default():
         tf1.set_random_seed(0)
         inputs, (predictions, localisations, logits, _) = _build(net, dropout_keep_prob=1.0)
-        gclasses, glocalisations, gscores = net.bboxes_encode(np.stack([labels, labels]), np.stack([boxes, boxes]))
-        losses = net.losses(logits, localisations, gclasses, glocalisations, gscores)
+        targets = net.bboxes_encode(np.stack([labels, labels]), np.stack([boxes, boxes]))
+        gclasses = targets.classes
+        losses = net.losses(logits, localisations, targets)
         variables = tf1.trainable_variables()
         grads = tf.gradients(tf.add_n(list(losses)), variables)
         assert all(g is not None for g in grads)
