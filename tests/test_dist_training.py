@@ -223,7 +223,10 @@ def _save_initial_model(path, cache):
 
 @pytest.mark.slow
 def test_sync_two_replicas_match_one_machine_with_two_clones_after_one_step(tmp_path, shared_cache):
-    """Same start, same two batches (shard_batches), SGD: the one averaged gradient step is the same."""
+    """Same start, same two batches (shard_batches), SGD: the one averaged gradient step is the same.
+
+    Each sync replica divides its loss by its own positives, so the one-machine run does the same
+    per clone (--loss_normalization=clone)."""
 
     init = str(tmp_path / "init" / "model.ckpt")
     names = _save_initial_model(init, shared_cache)
@@ -235,7 +238,8 @@ def test_sync_two_replicas_match_one_machine_with_two_clones_after_one_step(tmp_
     env = dict(os.environ, SSD_TOWERS_CACHE=shared_cache)
     one_machine = subprocess.run(
         [sys.executable, "train_ssd_network.py", *common, f"--train_dir={tmp_path / 'one_machine'}",
-         "--num_clones=2", "--clone_on_cpu"], capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_SECS)
+         "--num_clones=2", "--clone_on_cpu", "--loss_normalization=clone"],
+        capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_SECS)
     assert one_machine.returncode == 0, one_machine.stderr[-3000:]
     with LocalCluster(1, 2, common + [f"--train_dir={tmp_path / 'cluster'}", "--sync_replicas"],
                       log_dir=str(tmp_path / "logs"), env={"SSD_TOWERS_CACHE": shared_cache}) as local:
