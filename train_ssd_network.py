@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 from datasets import dataset_factory, sample_data  # noqa: E402
 from deployment import checkpoint_init, cluster, devices, learning_rate as lr_lib, model_deploy  # noqa: E402
 from deployment import optimizers, summaries, train_op as train_op_lib  # noqa: E402
-from nets import matching, multibox_loss, nets_factory  # noqa: E402
+from nets import matching, multibox_loss, nets_factory, vgg_checkpoint  # noqa: E402
 from preprocessing import preprocessing_factory, seeds, visualization  # noqa: E402
 from preprocessing.ssd_vgg_preprocessing import TrainAugmentation  # noqa: E402
 from tf_compat import slim, tf1  # noqa: E402
@@ -61,6 +61,10 @@ _define("string", "checkpoint_model_scope", None,
 _define("string", "checkpoint_exclude_scopes", None, "Comma-separated scopes not restored from --checkpoint_path.")
 _define("string", "trainable_scopes", None, "Comma-separated scopes to train; the rest stay frozen. Default: all.")
 _define("bool", "ignore_missing_vars", False, "Restore what --checkpoint_path has and leave the rest fresh.")
+_define("enum", "freeze_conv1_conv2", "auto",
+        "Keep conv1_x and conv2_x fixed (no backward pass runs through them), the paper's recipe from ImageNet "
+        "weights. auto: when training starts from an ImageNet VGG-16 checkpoint, and on resume as the run "
+        "being resumed did.", enum_values=["auto", "true", "false"])
 
 # Dataset and input pipeline.
 _define("string", "dataset_dir", None, "A converted dataset (tf_convert_data.py output). Default: the sample dataset.")
@@ -301,8 +305,9 @@ def _float_list(values, name):
         raise ValueError(f"--{name} must be a comma-separated list of numbers, got {values!r}") from None
 
 
-def build_training_graph(opts, spec, deploy_config=None, data_seed=None):
-    """Builds the whole training graph in the default graph; returns a namespace of its parts."""
+def build_training_graph(opts, spec, deploy_config=None, data_seed=None, frozen_scopes=()):
+    """Builds the whole training graph in the default graph; returns a namespace of its parts.
+    Variables under ``frozen_scopes`` (see :func:`resolve_frozen_scopes`) are not trained."""
     deploy_config = deploy_config or model_deploy.DeploymentConfig(
         num_clones=opts.num_clones, clone_on_cpu=opts.clone_on_cpu)
     data_seed = opts.seed if data_seed is None else data_seed
@@ -345,7 +350,7 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None):
 
     train = train_op_lib.build_train_op(
         deploy_config, clones, optimizer, global_step=global_step,
-        variables_to_train=train_op_lib.get_variables_to_train(opts.trainable_scopes),
+        variables_to_train=train_op_lib.get_variables_to_train(opts.trainable_scopes, frozen_scopes),
         clip_gradient_norm=opts.clip_gradient_norm, moving_average_decay=opts.moving_average_decay,
     )
 
@@ -388,9 +393,10 @@ def _loss_terms_of(clone):
     return terms
 
 
-def effective_configuration(opts, spec, net, deploy_config, data_seed):
+def effective_configuration(opts, spec, net, deploy_config, data_seed, frozen_scopes=()):
     return {
         "flags": {name: getattr(opts, name) for name in _FLAG_NAMES},
+        "frozen_scopes": list(frozen_scopes),
         "network": {k: (list(v) if isinstance(v, tuple) else v) for k, v in net.params._asdict().items()},
         "num_anchors": net.num_anchors,
         "deployment": repr(deploy_config),
@@ -399,6 +405,49 @@ def effective_configuration(opts, spec, net, deploy_config, data_seed):
                     "num_classes": spec.num_classes, "labels": {str(k): v for k, v in spec.labels_to_names.items()},
                     "info": spec.info},
     }
+
+
+def read_configuration(train_dir):
+    """The ``training_config.json`` a run wrote into ``train_dir`` ({} if there is none)."""
+    path = os.path.join(train_dir, CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path, "r") as f:
+        try:
+            return json.loads(f.read())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); remove it or use another --train_dir") from None
+
+
+def resolve_frozen_scopes(opts, model_scope):
+    """(scopes not trained, why) for ``--freeze_conv1_conv2``: with ``auto``, conv1 and conv2 when
+    training starts from an ImageNet VGG-16 checkpoint (the paper's recipe), and on resume whatever
+    the resumed run froze (its ``training_config.json``), so that its optimizer state still fits."""
+    early_layers = [f"{model_scope}/conv1", f"{model_scope}/conv2"]
+    if opts.freeze_conv1_conv2 != "auto":
+        return (early_layers if opts.freeze_conv1_conv2 == "true" else []), f"--freeze_conv1_conv2={opts.freeze_conv1_conv2}"
+    if opts.train_dir and tf.io.gfile.isdir(opts.train_dir) and tf.train.latest_checkpoint(opts.train_dir):
+        return read_configuration(opts.train_dir).get("frozen_scopes", []), "as in the run being resumed"
+    checkpoint = checkpoint_init.resolve_checkpoint(opts.checkpoint_path) if opts.checkpoint_path else None
+    if checkpoint is not None:
+        names = tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
+        if vgg_checkpoint.is_imagenet_vgg16(names, opts.checkpoint_model_scope or model_scope):
+            return early_layers, "the paper's recipe from ImageNet VGG-16 weights; --freeze_conv1_conv2=false trains them"
+    return [], "not starting from ImageNet VGG-16 weights"
+
+
+def describe_frozen_scopes(frozen_scopes, reason):
+    """The start-up line's note on what is trained."""
+    if not frozen_scopes:
+        return f"every layer trained ({reason})"
+    return f"frozen (not trained): {', '.join(scope.split('/')[-1] for scope in frozen_scopes)} ({reason})"
+
+
+def initialization_arguments(opts, net):
+    """The arguments the trainer gives ``checkpoint_init.plan_initialization`` (also used for dry runs)."""
+    return dict(checkpoint_exclude_scopes=opts.checkpoint_exclude_scopes,
+                checkpoint_model_scope=opts.checkpoint_model_scope, model_scope=net.name,
+                ignore_missing_vars=opts.ignore_missing_vars, derive_missing=vgg_checkpoint.derive_reduced_fc)
 
 
 def write_configuration(train_dir, config):
@@ -433,19 +482,24 @@ def train(opts):
     # A resumed run must not replay the first run's data order and augmentations.
     data_seed = opts.seed if start_step == 0 else (opts.seed * 1_000_003 + start_step) % 2**31
 
+    # Every worker of a cluster applies the same rule to the same files, so all train the same variables.
+    model_scope = nets_factory.get_network(opts.model_name, num_classes=spec.num_classes).name
+    frozen_scopes, frozen_reason = resolve_frozen_scopes(opts, model_scope)
+
     graph = tf.Graph()
     with graph.as_default():
-        parts = build_training_graph(opts, spec, deploy_config, data_seed)
-        config = effective_configuration(opts, spec, parts.net, deploy_config, data_seed)
+        parts = build_training_graph(opts, spec, deploy_config, data_seed, frozen_scopes)
+        config = effective_configuration(opts, spec, parts.net, deploy_config, data_seed, frozen_scopes)
         path = write_configuration(opts.train_dir, config) if is_chief else "the chief's train_dir"
         logging.info("Training %s on %s/%s (%d images, %d classes incl. background), %d clone(s) x batch %d, "
                      "%d anchors; configuration in %s", parts.net.name, spec.name, spec.split_name, spec.num_samples,
                      spec.num_classes, deploy_config.num_clones, opts.batch_size, parts.net.num_anchors, path)
-        init_fn = checkpoint_init.get_init_fn(
-            opts.train_dir, opts.checkpoint_path, checkpoint_exclude_scopes=opts.checkpoint_exclude_scopes,
-            checkpoint_model_scope=opts.checkpoint_model_scope, model_scope=parts.net.name,
-            ignore_missing_vars=opts.ignore_missing_vars,
-        ) if is_chief else None
+        init_fn = None
+        if is_chief:
+            plan = checkpoint_init.plan_initialization(opts.train_dir, opts.checkpoint_path,
+                                                       **initialization_arguments(opts, parts.net))
+            checkpoint_init.log_plan(plan, note=describe_frozen_scopes(frozen_scopes, frozen_reason))
+            init_fn = checkpoint_init.init_fn_from_plan(plan)
         saver = tf1.train.Saver(max_to_keep=opts.max_to_keep,
                                 keep_checkpoint_every_n_hours=opts.keep_checkpoint_every_n_hours,
                                 write_version=tf1.train.SaverDef.V2)

@@ -7,7 +7,7 @@
 then train with ``--checkpoint_path=ckpt/pre_trained --checkpoint_model_scope=vgg_16``
 (SSD's layers that a vgg_16 checkpoint never has start from their initialisers).
 The file with the dense layers (``vgg16_weights_tf_dim_ordering_tf_kernels.h5``) also gives
-fc6/fc7/fc8 and SSD's reduced conv6/conv7. After writing, the checkpoint is read back and
+fc6/fc7/fc8, from which the trainer starts SSD's conv6/conv7 (the paper's reduced layers). After writing, the checkpoint is read back and
 its variable count, parameter count and a few names are printed.
 """
 
@@ -47,8 +47,8 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(summary.describe())
-    has_reduced = f"{keras_vgg16.CHECKPOINT_SCOPE}/conv6/weights" in summary.shapes
-    print("includes SSD's reduced conv6/conv7" if has_reduced
+    has_fc = f"{keras_vgg16.CHECKPOINT_SCOPE}/fc6/weights" in summary.shapes
+    print("includes fc6/fc7: training starts SSD's conv6/conv7 from them, reduced as in the paper" if has_fc
           else "no dense layers in the file: conv6/conv7 will start from their initialisers")
     print(f"train with: --checkpoint_path={os.path.dirname(summary.path)} "
           f"--checkpoint_model_scope={keras_vgg16.CHECKPOINT_SCOPE}")

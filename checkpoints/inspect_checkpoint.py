@@ -41,13 +41,14 @@ import tensorflow as tf  # noqa: E402
 import train_ssd_network  # noqa: E402  (defines the trainer's flags, which this command takes)
 from datasets import dataset_factory  # noqa: E402
 from deployment import checkpoint_init, model_deploy  # noqa: E402
-from nets import matching  # noqa: E402
+from nets import matching, nets_factory  # noqa: E402
 from tf_compat import slim, tf1  # noqa: E402
 
 
 RESTORE = "restore"
 SKIP = "skip"
 UNUSED = "unused"
+DERIVE = "derive"
 
 
 @dataclasses.dataclass
@@ -63,6 +64,7 @@ class Inspection:
       num_global_variables: all global variables of the graph built.
       training_graph: whether the whole training graph was built (else the network only).
       checkpoint_shapes: {name: shape} of the checkpoint planned from ({} for scratch).
+      frozen_note: what the trainer trains ("frozen (not trained): conv1, conv2 (...)"), as its start-up line says.
     """
 
     plan: checkpoint_init.InitializationPlan
@@ -72,15 +74,20 @@ class Inspection:
     num_global_variables: int
     training_graph: bool
     checkpoint_shapes: dict
+    frozen_note: str = ""
 
     def checkpoint_status(self):
         """[(checkpoint name, shape, status, network variable or None, network shape or None)] by name."""
         restored = {ckpt_name: name for name, ckpt_name in self.plan.restore}
         skipped = {ckpt_name: name for name, ckpt_name, _, _ in self.plan.skipped}
+        derived_from = {source.split(" ", 1)[0]: name for name, _, source in self.plan.derived}
         rows = []
         for ckpt_name in sorted(self.checkpoint_shapes):
             shape = list(self.checkpoint_shapes[ckpt_name])
-            if ckpt_name in restored:
+            if ckpt_name in derived_from:
+                name = derived_from[ckpt_name]
+                rows.append((ckpt_name, shape, DERIVE, name, list(self.model_variables[name])))
+            elif ckpt_name in restored:
                 rows.append((ckpt_name, shape, RESTORE, restored[ckpt_name], shape))
             elif ckpt_name in skipped:
                 name = skipped[ckpt_name]
@@ -89,8 +96,12 @@ class Inspection:
                 rows.append((ckpt_name, shape, UNUSED, None, None))
         return rows
 
+    def startup_line(self):
+        """The trainer's start-up line: where it starts and what it trains."""
+        return self.plan.summary_line() + (f"; {self.frozen_note}" if self.frozen_note else "")
+
     def lines(self):
-        """The report, one line each (the last is the trainer's summary line)."""
+        """The report, one line each (the last is the trainer's start-up line)."""
         plan = self.plan
         lines = [f"network: {self.network}, {len(self.model_variables)} model variables, "
                  f"{self.num_global_variables} global variables "
@@ -108,6 +119,8 @@ class Inspection:
                     lines.append(f"  restore  {ckpt_name} {shape}{target}")
                 elif status == SKIP:
                     lines.append(f"  skip     {ckpt_name} {shape} -> {name} {shape_in_network} (shape differs)")
+                elif status == DERIVE:
+                    lines.append(f"  derive   {ckpt_name} {shape} -> {name} {shape_in_network} (reduced)")
                 else:
                     lines.append(f"  unused   {ckpt_name} {shape}")
             fresh = [(name, "skipped: shape differs") for name, _, _, _ in plan.skipped]
@@ -122,7 +135,7 @@ class Inspection:
         if self.error:
             lines.append(f"the trainer would stop: {self.error}")
         else:
-            lines.append(plan.summary_line())
+            lines.append(self.startup_line())
         return lines
 
 
@@ -157,10 +170,10 @@ def build_network_only(opts, num_classes):
     return net
 
 
-def build_training_graph(opts):
+def build_training_graph(opts, frozen_scopes=()):
     """The trainer's whole training graph for the dataset the options name."""
     spec = train_ssd_network.resolve_dataset(opts)
-    return train_ssd_network.build_training_graph(opts, spec).net
+    return train_ssd_network.build_training_graph(opts, spec, frozen_scopes=frozen_scopes).net
 
 
 def inspect(opts, num_classes=None):
@@ -172,34 +185,32 @@ def inspect(opts, num_classes=None):
       FileNotFoundError: ``checkpoint_path`` names no checkpoint (as in the trainer).
       dataset_factory.DatasetError: no usable dataset (whole-graph mode).
     """
+    model_scope = nets_factory.get_network(opts.model_name).name
+    frozen_scopes, frozen_reason = train_ssd_network.resolve_frozen_scopes(opts, model_scope)
     with tf.Graph().as_default():
-        net = build_network_only(opts, num_classes) if num_classes else build_training_graph(opts)
+        net = build_network_only(opts, num_classes) if num_classes else build_training_graph(opts, frozen_scopes)
         model_variables = {v.op.name: tuple(v.shape.as_list()) for v in slim.get_model_variables()}
         num_global_variables = len(tf1.global_variables())
-        # The arguments train_ssd_network.train passes to checkpoint_init.get_init_fn.
-        arguments = dict(
-            checkpoint_exclude_scopes=opts.checkpoint_exclude_scopes,
-            checkpoint_model_scope=opts.checkpoint_model_scope, model_scope=net.name,
-        )
+        arguments = train_ssd_network.initialization_arguments(opts, net)
         error = None
         try:
-            plan = checkpoint_init.plan_initialization(
-                opts.train_dir, opts.checkpoint_path, ignore_missing_vars=opts.ignore_missing_vars, **arguments)
+            plan = checkpoint_init.plan_initialization(opts.train_dir, opts.checkpoint_path, **arguments)
         except ValueError as stop:
             if opts.ignore_missing_vars:
                 raise
             error = str(stop)
             plan = checkpoint_init.plan_initialization(
-                opts.train_dir, opts.checkpoint_path, ignore_missing_vars=True, **arguments)
+                opts.train_dir, opts.checkpoint_path, **dict(arguments, ignore_missing_vars=True))
     checkpoint_shapes = {}
     if plan.source == checkpoint_init.CHECKPOINT or (plan.checkpoint and plan.source == checkpoint_init.SCRATCH):
         reader = tf.train.load_checkpoint(plan.checkpoint)
         checkpoint_shapes = {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
     height, width = net.params.img_shape
     description = f"{net.name}, {net.params.num_classes} classes, input {height}x{width}"
+    frozen_note = train_ssd_network.describe_frozen_scopes(frozen_scopes, frozen_reason)
     return Inspection(plan=plan, error=error, network=description, model_variables=model_variables,
                       num_global_variables=num_global_variables, training_graph=not num_classes,
-                      checkpoint_shapes=checkpoint_shapes)
+                      checkpoint_shapes=checkpoint_shapes, frozen_note=frozen_note)
 
 
 def _define_num_classes_flag():

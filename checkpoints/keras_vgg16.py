@@ -19,11 +19,9 @@ What the checkpoint holds, in TF-Slim's names and HWIO layout:
   divided by a std), so conv1_1's input-channel axis is reversed.
 - With the dense layers present: ``vgg_16/fc6`` [7, 7, 512, 4096] (Keras flattens pool5 in
   H, W, C order, so fc1's [25088, 4096] kernel is exactly a 7x7 VALID convolution),
-  ``vgg_16/fc7`` [1, 1, 4096, 4096], ``vgg_16/fc8`` [1, 1, 4096, classes], and SSD's reduced
-  ``vgg_16/conv6`` [3, 3, 512, 1024] (used with dilation 6) and ``vgg_16/conv7``
-  [1, 1, 1024, 1024], subsampled as in the SSD authors' ``VGG_ILSVRC_16_layers_fc_reduced``.
-  They sit under ``vgg_16`` so that ``--checkpoint_model_scope=vgg_16``, which maps
-  ``ssd_300_vgg/conv6/weights`` to ``vgg_16/conv6/weights``, restores them with the rest.
+  ``vgg_16/fc7`` [1, 1, 4096, 4096] and ``vgg_16/fc8`` [1, 1, 4096, classes], exactly as TF-Slim's
+  ``vgg_16.ckpt`` holds them. The trainer's start-up makes SSD's conv6/conv7 from fc6/fc7 (the
+  paper's reduced layers, :mod:`nets.vgg_checkpoint`), for this file and TF-Slim's alike.
 """
 
 import dataclasses
@@ -56,14 +54,6 @@ CONV_LAYERS = {
 }
 FC6_SHAPE = (7, 7, 512, 4096)
 FC7_SHAPE = (1, 1, 4096, 4096)
-# SSD's reduced fc6/fc7: every 4th filter, and for fc6 every 3rd spatial tap (0, 3, 6) of the
-# 7x7 kernel, which then runs as a 3x3 convolution with dilation 6.
-REDUCED_OUTPUT_STRIDE = 4
-REDUCED_FC6_TAP_STRIDE = 3
-CONV6_DILATION = 6
-CONV6_SHAPE = (3, 3, 512, 1024)
-CONV7_SHAPE = (1, 1, 1024, 1024)
-
 
 class KerasWeightsError(ValueError):
     """The file is not a Keras VGG-16 weights file this converter can read."""
@@ -191,21 +181,6 @@ def _check_shape(path, layer_name, what, array, expected):
 # --------------------------------------------------------------------------- converting
 
 
-def reduce_fc6(fc6_weights, fc6_biases):
-    """fc6 [7, 7, 512, 4096] -> SSD's conv6 [3, 3, 512, 1024] (dilation 6) and its biases."""
-    taps = slice(None, None, REDUCED_FC6_TAP_STRIDE)
-    outputs = slice(None, None, REDUCED_OUTPUT_STRIDE)
-    return (np.ascontiguousarray(fc6_weights[taps, taps, :, outputs]),
-            np.ascontiguousarray(fc6_biases[outputs]))
-
-
-def reduce_fc7(fc7_weights, fc7_biases):
-    """fc7 [1, 1, 4096, 4096] -> SSD's conv7 [1, 1, 1024, 1024]: every 4th input and output."""
-    every_fourth = slice(None, None, REDUCED_OUTPUT_STRIDE)
-    return (np.ascontiguousarray(fc7_weights[:, :, every_fourth, every_fourth]),
-            np.ascontiguousarray(fc7_biases[every_fourth]))
-
-
 def keras_vgg16_to_slim(layers, source="<keras weights>"):
     """Maps Keras VGG-16 layers ({name: [kernel, bias]}) to {TF-Slim variable name: array}."""
     tensors = {}
@@ -247,12 +222,6 @@ def keras_vgg16_to_slim(layers, source="<keras weights>"):
                                     f"{list(fc8_bias.shape)}, expected [{FC7_SHAPE[3]}, classes] and [classes]")
         tensors[f"{CHECKPOINT_SCOPE}/fc8/weights"] = fc8_kernel.reshape((1, 1) + fc8_kernel.shape)
         tensors[f"{CHECKPOINT_SCOPE}/fc8/biases"] = fc8_bias
-    conv6_weights, conv6_biases = reduce_fc6(fc6_weights, fc1_bias)
-    conv7_weights, conv7_biases = reduce_fc7(fc7_weights, fc2_bias)
-    tensors[f"{CHECKPOINT_SCOPE}/conv6/weights"] = conv6_weights
-    tensors[f"{CHECKPOINT_SCOPE}/conv6/biases"] = conv6_biases
-    tensors[f"{CHECKPOINT_SCOPE}/conv7/weights"] = conv7_weights
-    tensors[f"{CHECKPOINT_SCOPE}/conv7/biases"] = conv7_biases
     return tensors
 
 

@@ -17,6 +17,10 @@ Precedence, decided by :func:`plan_initialization` and logged in one line by
    checkpoint does have (``vgg_16/conv5/conv5_3/biases`` without its weights) is still an error.
 3. scratch, with a warning.
 
+A ``derive_missing`` hook fills variables the checkpoint lacks from variables it has: the trainer
+passes :func:`nets.vgg_checkpoint.derive_reduced_fc`, which gives SSD's conv6/conv7 the paper's
+reduced fc6/fc7 of an ImageNet VGG-16 checkpoint. Such variables are counted as derived.
+
 A ``checkpoint_path`` that does not exist is an error, unless it is the default
 (``ckpt/pre_trained``), which starts from scratch with a warning: a typo never trains
 from scratch silently.
@@ -51,6 +55,8 @@ class InitializationPlan:
       excluded: variable names left fresh by ``checkpoint_exclude_scopes``.
       missing: (variable name, name in checkpoint) the checkpoint lacks (left fresh
         with ``ignore_missing_vars``, or as layers another network's checkpoint does not have).
+      derived: (variable name, value, where the value came from) for variables the checkpoint
+        lacks but ``derive_missing`` made from other checkpoint variables.
       fresh: names of all global variables initialised by their initializers.
       reason: why this source was chosen (a path, a warning).
     """
@@ -61,6 +67,7 @@ class InitializationPlan:
     skipped: list = dataclasses.field(default_factory=list)
     excluded: list = dataclasses.field(default_factory=list)
     missing: list = dataclasses.field(default_factory=list)
+    derived: list = dataclasses.field(default_factory=list)
     fresh: list = dataclasses.field(default_factory=list)
     reason: str = ""
 
@@ -73,11 +80,21 @@ class InitializationPlan:
                 f"Initialization: training FROM SCRATCH, {len(self.fresh)} variables initialised fresh "
                 f"({self.reason})"
             )
+        derived = f"{len(self.derived)} derived ({', '.join(self.derived_layers())}), " if self.derived else ""
         return (
-            f"Initialization: restoring from {self.checkpoint}: {len(self.restore)} restored, "
+            f"Initialization: restoring from {self.checkpoint}: {len(self.restore)} restored, {derived}"
             f"{len(self.skipped)} skipped (shape differs), {len(self.excluded)} excluded, "
             f"{len(self.missing)} missing from checkpoint, {len(self.fresh)} initialised fresh"
         )
+
+    def derived_layers(self):
+        """'conv6 from vgg_16/fc6'-style descriptions of the derived layers, in order."""
+        layers = []
+        for name, _, source in self.derived:
+            text = f"{name.split('/')[-2]} from {source.rsplit('/', 1)[0]}"
+            if text not in layers:
+                layers.append(text)
+        return layers
 
     def details(self):
         """Per-variable lines for the skipped, excluded and missing variables."""
@@ -87,6 +104,7 @@ class InitializationPlan:
         ]
         lines += [f"excluded {name}" for name in self.excluded]
         lines += [f"missing {name} (checkpoint {ckpt_name})" for name, ckpt_name in self.missing]
+        lines += [f"derived {name} from {source}" for name, _, source in self.derived]
         return lines
 
 
@@ -124,7 +142,7 @@ def _missing_from_covered_layers(missing, ckpt_shapes, checkpoint, checkpoint_mo
     return [(name, ckpt_name) for name, ckpt_name in missing if _layer_of(ckpt_name, checkpoint_model_scope) in covered]
 
 
-def _resolve_checkpoint(path):
+def resolve_checkpoint(path):
     """A checkpoint prefix for ``path`` (prefix or directory), or None if there is none."""
     if tf.io.gfile.isdir(path):
         return tf.train.latest_checkpoint(path)
@@ -147,6 +165,7 @@ def plan_initialization(
     default_checkpoint_path=DEFAULT_CHECKPOINT_PATH,
     var_name_map_fn=None,
     variables_to_restore=None,
+    derive_missing=None,
 ):
     """Decides where training starts; see the module docstring. Builds nothing in the graph.
 
@@ -160,6 +179,8 @@ def plan_initialization(
       default_checkpoint_path: the path whose absence only warns.
       var_name_map_fn: optional ``name -> checkpoint name`` applied after the scope mapping.
       variables_to_restore: candidates; default ``slim.get_model_variables()``.
+      derive_missing: optional ``(name in checkpoint, checkpoint reader) -> (value, source) or
+        None`` for variables the checkpoint lacks (a value of another shape is ignored).
 
     Returns:
       :class:`InitializationPlan`.
@@ -179,7 +200,7 @@ def plan_initialization(
             )
     if not checkpoint_path:
         return InitializationPlan(SCRATCH, fresh=all_names, reason="no checkpoint_path given")
-    checkpoint = _resolve_checkpoint(checkpoint_path)
+    checkpoint = resolve_checkpoint(checkpoint_path)
     if checkpoint is None:
         if default_checkpoint_path and _same_path(checkpoint_path, default_checkpoint_path):
             return InitializationPlan(
@@ -217,6 +238,16 @@ def plan_initialization(
             plan.skipped.append((name, ckpt_name, shape, list(ckpt_shapes[ckpt_name])))
             continue
         plan.restore.append((name, ckpt_name))
+    if derive_missing is not None and plan.missing:
+        shapes = {var.op.name: var.shape.as_list() for var in variables_to_restore}
+        still_missing = []
+        for name, ckpt_name in plan.missing:
+            made = derive_missing(ckpt_name, reader)
+            if made is not None and list(made[0].shape) == shapes[name]:
+                plan.derived.append((name, made[0], made[1]))
+            else:
+                still_missing.append((name, ckpt_name))
+        plan.missing = still_missing
     if plan.missing and not ignore_missing_vars:
         errors = plan.missing
         if checkpoint_model_scope is not None and checkpoint_model_scope != model_scope:
@@ -228,7 +259,7 @@ def plan_initialization(
                 f"{' ...' if len(errors) > 10 else ''}. Check --checkpoint_model_scope/--model_scope, "
                 "exclude them with --checkpoint_exclude_scopes, or pass --ignore_missing_vars."
             )
-    restored = {name for name, _ in plan.restore}
+    restored = {name for name, _ in plan.restore} | {name for name, _, _ in plan.derived}
     plan.fresh = [name for name in all_names if name not in restored]
     if not plan.restore:
         plan.source = SCRATCH
@@ -237,23 +268,34 @@ def plan_initialization(
 
 
 def init_fn_from_plan(plan):
-    """The ``init_fn(session)`` restoring ``plan.restore``; None unless the source is a checkpoint."""
+    """The ``init_fn(session)`` restoring ``plan.restore`` and loading ``plan.derived``; None unless
+    the source is a checkpoint."""
     if plan.source != CHECKPOINT:
         return None
     variables = {v.op.name: v for v in tf1.global_variables()}
     var_list = {ckpt_name: variables[name] for name, ckpt_name in plan.restore}
     saver = tf1.train.Saver(var_list, reshape=False, sharded=False, name="init_from_checkpoint")
     checkpoint = plan.checkpoint
+    # One placeholder-fed assignment per derived variable: values as graph constants would bloat the graph.
+    derived = []
+    for name, value, _ in plan.derived:
+        variable = variables[name]
+        with tf1.device(variable.device), tf1.name_scope("init_derived"):
+            placeholder = tf1.placeholder(variable.dtype.base_dtype, value.shape)
+            derived.append((variable.assign(placeholder, read_value=False), placeholder, value))
 
     def init_fn(session):
         saver.restore(session, checkpoint)
+        for assign, placeholder, value in derived:
+            session.run(assign, {placeholder: value})
 
     return init_fn
 
 
-def log_plan(plan):
-    """Logs the one summary line (a warning for scratch or skips) and the per-variable details."""
-    line = plan.summary_line()
+def log_plan(plan, note=None):
+    """Logs the one summary line (a warning for scratch or skips; ``note`` appended) and the
+    per-variable details."""
+    line = plan.summary_line() + (f"; {note}" if note else "")
     if plan.source == SCRATCH or plan.skipped or plan.missing:
         logging.warning(line)
     else:
@@ -272,6 +314,7 @@ def get_init_fn(
     default_checkpoint_path=DEFAULT_CHECKPOINT_PATH,
     var_name_map_fn=None,
     variables_to_restore=None,
+    derive_missing=None,
     return_plan=False,
 ):
     """The ``init_fn`` for ``slim.learning.train`` (arguments as :func:`plan_initialization`).
@@ -290,6 +333,7 @@ def get_init_fn(
         default_checkpoint_path=default_checkpoint_path,
         var_name_map_fn=var_name_map_fn,
         variables_to_restore=variables_to_restore,
+        derive_missing=derive_missing,
     )
     log_plan(plan)
     init_fn = init_fn_from_plan(plan)

@@ -49,25 +49,33 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because a loss term (or the gradient norm) became NaN or Inf."""
 
 
-def get_variables_to_train(trainable_scopes=None):
-    """Trainable variables under ``trainable_scopes`` (comma-separated or list); all if empty.
+def get_variables_to_train(trainable_scopes=None, frozen_scopes=None):
+    """Trainable variables under ``trainable_scopes`` (comma-separated or list; all if empty), minus
+    those under ``frozen_scopes``.
 
-    The rest stay frozen (the "train the new layers first" recipe). A scope matching no
-    trainable variable is an error (a typo would otherwise freeze everything).
+    The rest stay frozen (the "train the new layers first" recipe; the paper's frozen conv1/conv2).
+    A scope matching no trainable variable is an error (a typo would otherwise freeze everything,
+    or nothing).
     """
     trainable = tf1.trainable_variables()
+    top_level = sorted({v.op.name.split("/")[0] for v in trainable})
     scopes = split_scopes(trainable_scopes)
-    if not scopes:
-        return trainable
     selected = []
     for scope in scopes:
         matched = [v for v in trainable if in_scope(v.op.name, scope)]
         if not matched:
-            raise ValueError(
-                f"--trainable_scopes: '{scope}' matches no trainable variable; "
-                f"top-level scopes present: {sorted({v.op.name.split('/')[0] for v in trainable})}"
-            )
+            raise ValueError(f"--trainable_scopes: '{scope}' matches no trainable variable; "
+                             f"top-level scopes present: {top_level}")
         selected.extend(v for v in matched if v not in selected)
+    selected = selected if scopes else list(trainable)
+    for scope in split_scopes(frozen_scopes):
+        if not any(in_scope(v.op.name, scope) for v in trainable):
+            raise ValueError(f"frozen scope '{scope}' matches no trainable variable; top-level scopes present: "
+                             f"{top_level}")
+        selected = [v for v in selected if not in_scope(v.op.name, scope)]
+    if not selected:
+        raise ValueError(f"no variable left to train (--trainable_scopes={trainable_scopes!r}, frozen: "
+                         f"{split_scopes(frozen_scopes)})")
     return selected
 
 

@@ -1,103 +1,80 @@
-"""Starting an SSD from a TF-Slim ``vgg_16`` ImageNet checkpoint.
+"""Starting an SSD from a TF-Slim ``vgg_16`` ImageNet checkpoint: the paper's reduced fc6/fc7.
 
-- conv1_1 ... conv5_3 (26 variables) restore by scope mapping:
-  ``vgg_16/convK/convK_N/{weights,biases}`` -> ``<ssd scope>/convK/convK_N/{weights,biases}``.
-- fc6 / fc7, when the checkpoint has them, initialise conv6 / conv7 subsampled as the SSD
-  authors' Caffe "reduced VGG" (ParseNet / DeepLab-LargeFOV): fc6 [7, 7, 512, 4096] ->
-  conv6 [3, 3, 512, 1024] keeps every 3rd spatial tap (rows/cols 0, 3, 6) and every 4th output
-  channel (0, 4, ..., 4092); the dilation of 6 (x3 for the taps, x2 for pool5 3x3/1 instead of
-  2x2/2) keeps the receptive field. fc7 [1, 1, 4096, 4096] -> conv7 [1, 1, 1024, 1024] keeps
-  every 4th input and output channel; biases keep every 4th entry.
+conv1_1 ... conv5_3 restore by name (``--checkpoint_model_scope=vgg_16`` maps
+``ssd_300_vgg/convK/convK_N/*`` to ``vgg_16/convK/convK_N/*``; see
+:mod:`deployment.checkpoint_init`). SSD's conv6 and conv7 have no namesake in VGG-16: the paper
+starts them from fc6 and fc7, subsampled as the SSD authors' Caffe "reduced VGG"
+(``VGG_ILSVRC_16_layers_fc_reduced``, from DeepLab-LargeFOV):
+
+- fc6 [7, 7, 512, 4096] -> conv6 [3, 3, 512, 1024]: every 3rd spatial tap (rows/cols 0, 3, 6) and
+  every 4th output channel (0, 4, ..., 4092). The dilation of 6 keeps the receptive field (x3 for
+  the taps, x2 because pool5 is 3x3/1 instead of 2x2/2).
+- fc7 [1, 1, 4096, 4096] -> conv7 [1, 1, 1024, 1024]: every 4th input and output channel.
+- Biases keep every 4th entry.
+
+:func:`derive_reduced_fc` is the one implementation: the trainer's start-up calls it (through
+``checkpoint_init``'s ``derive_missing`` hook) for a TF-Slim ``vgg_16.ckpt`` and for a Keras
+VGG-16 file converted with the top layers (``checkpoints/keras_vgg16.py`` writes fc6/fc7 as TF-Slim
+does). Without fc layers conv6/conv7 start from their initialisers.
 """
 
 import numpy as np
-import tensorflow as tf
-from absl import logging
-
-from tf_compat import tf1
 
 CHECKPOINT_SCOPE = "vgg_16"
-_CONV_LAYERS = [
-    (block, f"{block}_{index}")
-    for block, repeats in (("conv1", 2), ("conv2", 2), ("conv3", 3), ("conv4", 3), ("conv5", 3))
-    for index in range(1, repeats + 1)
-]
 
 
-def vgg16_conv_name_map(model_scope="ssd_300_vgg", checkpoint_scope=CHECKPOINT_SCOPE):
-    """{checkpoint variable name: model variable name} for the 26 conv variables."""
-    return {
-        f"{checkpoint_scope}/{block}/{layer}/{kind}": f"{model_scope}/{block}/{layer}/{kind}"
-        for block, layer in _CONV_LAYERS
-        for kind in ("weights", "biases")
-    }
+def _check(name, array, shape):
+    if array.ndim != len(shape) or any(want is not None and have != want for have, want in zip(array.shape, shape)):
+        wanted = ", ".join("C" if want is None else str(want) for want in shape)
+        raise ValueError(f"{name} must be [{wanted}], got {list(array.shape)}")
+    return array
 
 
-def subsample_fc6(weights, biases):
-    """fc6 [7, 7, C, 4096] / [4096] -> conv6 [3, 3, C, 1024] / [1024] (use with dilation 6)."""
-    weights, biases = np.asarray(weights), np.asarray(biases)
-    if weights.shape[:2] != (7, 7) or weights.shape[3] != 4096 or biases.shape != (4096,):
-        raise ValueError(f"fc6 must be [7, 7, C, 4096] with [4096] biases, got {weights.shape} and {biases.shape}")
-    return weights[::3, ::3, :, ::4].copy(), biases[::4].copy()
+def reduce_fc6_weights(weights):
+    """fc6 [7, 7, C, 4096] -> conv6 [3, 3, C, 1024] (used with dilation 6)."""
+    return np.ascontiguousarray(_check("fc6 weights", np.asarray(weights), (7, 7, None, 4096))[::3, ::3, :, ::4])
 
 
-def subsample_fc7(weights, biases):
-    """fc7 [1, 1, 4096, 4096] / [4096] -> conv7 [1, 1, 1024, 1024] / [1024]."""
-    weights, biases = np.asarray(weights), np.asarray(biases)
-    if weights.shape != (1, 1, 4096, 4096) or biases.shape != (4096,):
-        raise ValueError(f"fc7 must be [1, 1, 4096, 4096] with [4096] biases, got {weights.shape} and {biases.shape}")
-    return weights[:, :, ::4, ::4].copy(), biases[::4].copy()
+def reduce_fc7_weights(weights):
+    """fc7 [1, 1, 4096, 4096] -> conv7 [1, 1, 1024, 1024]."""
+    return np.ascontiguousarray(_check("fc7 weights", np.asarray(weights), (1, 1, 4096, 4096))[:, :, ::4, ::4])
 
 
-_FC_SUBSAMPLERS = (("fc6", "conv6", subsample_fc6), ("fc7", "conv7", subsample_fc7))
+def reduce_fc_biases(biases):
+    """fc6/fc7 biases [4096] -> conv6/conv7 biases [1024]."""
+    return np.ascontiguousarray(_check("fc biases", np.asarray(biases), (4096,))[::4])
 
 
-def fc_initial_values(reader, checkpoint_scope=CHECKPOINT_SCOPE):
-    """{"conv6/weights": array, "conv6/biases": ..., "conv7/...": ...} subsampled from the fc layers a
-    checkpoint reader holds (only the layers present)."""
-    available = reader.get_variable_to_shape_map()
-    values = {}
-    for fc, conv, subsample in _FC_SUBSAMPLERS:
-        names = [f"{checkpoint_scope}/{fc}/weights", f"{checkpoint_scope}/{fc}/biases"]
-        if all(name in available for name in names):
-            weights, biases = subsample(reader.get_tensor(names[0]), reader.get_tensor(names[1]))
-            values[f"{conv}/weights"], values[f"{conv}/biases"] = weights, biases
-    return values
+# SSD layer -> (the VGG-16 layer it is reduced from, {variable: reduction}).
+_REDUCED_FROM = {
+    "conv6": ("fc6", {"weights": reduce_fc6_weights, "biases": reduce_fc_biases}),
+    "conv7": ("fc7", {"weights": reduce_fc7_weights, "biases": reduce_fc_biases}),
+}
 
 
-def vgg16_init_fn(checkpoint_path, model_scope="ssd_300_vgg", checkpoint_scope=CHECKPOINT_SCOPE, include_fc=True):
-    """``init_fn(session)`` restoring the VGG-16 base of the graph's SSD from ``checkpoint_path``.
+def derive_reduced_fc(ckpt_name, reader):
+    """``checkpoint_init``'s ``derive_missing`` hook: the value of a variable the checkpoint lacks,
+    made from what it has, or None.
 
-    Build the network first. conv1..conv5 must all be present in the checkpoint; conv6/conv7 come
-    from fc6/fc7 when ``include_fc`` and the checkpoint has them, and keep their initialiser
-    otherwise (logged).
+    ``ckpt_name`` is the variable's name as mapped into the checkpoint (``vgg_16/conv6/weights``
+    with ``--checkpoint_model_scope=vgg_16``). For ``<scope>/conv6/{weights,biases}`` and
+    ``<scope>/conv7/...`` of a checkpoint holding ``<scope>/fc6/...`` (``fc7``) this returns
+    ``(value, source)``: the reduced array and where it came from.
     """
-    reader = tf.train.load_checkpoint(checkpoint_path)
-    available = reader.get_variable_to_shape_map()
-    model_vars = {v.op.name: v for v in tf1.global_variables()}
-    var_list = {}
-    for ckpt_name, model_name in vgg16_conv_name_map(model_scope, checkpoint_scope).items():
-        if ckpt_name not in available:
-            raise ValueError(f"{checkpoint_path}: variable {ckpt_name} missing; is this a TF-Slim vgg_16 checkpoint?")
-        if model_name not in model_vars:
-            raise ValueError(f"graph has no variable {model_name}; build the network with scope {model_scope!r} first")
-        var_list[ckpt_name] = model_vars[model_name]
-    saver = tf1.train.Saver(var_list=var_list)
+    parts = ckpt_name.split("/")
+    if len(parts) < 2 or parts[-2] not in _REDUCED_FROM or parts[-1] not in ("weights", "biases"):
+        return None
+    fc_layer, reductions = _REDUCED_FROM[parts[-2]]
+    source = "/".join(parts[:-2] + [fc_layer, parts[-1]])
+    if source not in reader.get_variable_to_shape_map():
+        return None
+    value = reductions[parts[-1]](reader.get_tensor(source))
+    return value, f"{source} reduced to {list(value.shape)}"
 
-    fc_values = fc_initial_values(reader, checkpoint_scope) if include_fc else {}
-    if include_fc and len(fc_values) < 4:
-        logging.info("%s: no fc6/fc7 to initialise conv6/conv7 from; they keep their initialiser", checkpoint_path)
-    fc_assignments = []
-    for name, value in fc_values.items():
-        variable = model_vars[f"{model_scope}/{name}"]
-        placeholder = tf1.placeholder(variable.dtype.base_dtype, value.shape)
-        fc_assignments.append((variable.assign(placeholder), placeholder, value))
 
-    def init_fn(session):
-        logging.info("Restoring the VGG-16 base of %s from %s (conv6/conv7 from fc6/fc7: %s)", model_scope,
-                     checkpoint_path, "yes" if fc_assignments else "no")
-        saver.restore(session, checkpoint_path)
-        for assign_op, placeholder, value in fc_assignments:
-            session.run(assign_op, {placeholder: value})
-
-    return init_fn
+def is_imagenet_vgg16(variable_names, checkpoint_scope=CHECKPOINT_SCOPE):
+    """Whether a checkpoint holding ``variable_names`` is an ImageNet VGG-16 (a classification
+    backbone: ``<checkpoint_scope>/conv1/conv1_1/weights``, no SSD box head), the start from which
+    the paper freezes conv1 and conv2."""
+    names = set(variable_names)
+    return f"{checkpoint_scope}/conv1/conv1_1/weights" in names and not any("_box/" in name for name in names)

@@ -114,7 +114,8 @@ def test_network_only_mode_lists_restores_skips_and_fresh(tmp_path):
     assert "  skip     ssd_300_vgg/block7_box/conv_cls/biases [126] -> ssd_300_vgg/block7_box/conv_cls/biases [24] " \
            "(shape differs)" in lines
     assert "  restore  ssd_300_vgg/conv6/weights [3, 3, 512, 1024]" in lines
-    assert lines[-1] == plan.summary_line()
+    assert lines[-1] == result.startup_line() == plan.summary_line() + "; every layer trained (not starting from " \
+        "ImageNet VGG-16 weights)"
     assert "59 restored, 12 skipped (shape differs), 0 excluded, 0 missing from checkpoint, 12 initialised fresh" \
         in lines[-1]
 
@@ -125,7 +126,8 @@ def test_network_only_mode_lists_restores_skips_and_fresh(tmp_path):
     assert resumed.plan.source == "resume" and resumed.checkpoint_shapes == {}
     assert "ignores --checkpoint_path" in resumed.lines()[1]
     assert resumed.lines()[-1] == (
-        f"Initialization: resuming from {prefix} (checkpoint found in train_dir {tmp_path / 'voc'})")
+        f"Initialization: resuming from {prefix} (checkpoint found in train_dir {tmp_path / 'voc'}); "
+        "every layer trained (as in the run being resumed)")
 
 
 def test_command_reports_a_stop_and_bad_paths(tmp_path):
@@ -148,7 +150,7 @@ def test_inspection_counts_equal_what_the_trainer_logs(tmp_path, sample_dataset_
                     batch_size=2, num_readers=1, num_preprocessing_threads=1, max_number_of_steps=1)
     result = inspect_checkpoint.inspect(train_ssd_network.default_options(**settings))
     assert result.error is None and result.training_graph
-    expected = result.plan.summary_line()
+    expected = result.startup_line()
     assert "59 restored, 12 skipped (shape differs), 0 excluded, 0 missing from checkpoint" in expected
 
     trained = run_command(["train_ssd_network.py", *(f"--{k}={v}" for k, v in settings.items())], tmp_path / "cache")

@@ -214,22 +214,40 @@ def test_slim_vgg_16_on_rgb_matches_keras_vgg16_on_bgr_through_fc8(keras_files, 
     _assert_close(ours["probabilities"], keras_outputs["full/predictions"], "softmax(fc8)")
 
 
-def test_full_checkpoint_has_the_documented_fc_and_reduced_conv6_conv7_shapes(full_checkpoint):
+def test_full_checkpoint_has_tf_slims_fc_layers(full_checkpoint):
     expected = {
         "vgg_16/fc6/weights": (7, 7, 512, 4096), "vgg_16/fc6/biases": (4096,),
         "vgg_16/fc7/weights": (1, 1, 4096, 4096), "vgg_16/fc7/biases": (4096,),
         "vgg_16/fc8/weights": (1, 1, 4096, 1000), "vgg_16/fc8/biases": (1000,),
-        "vgg_16/conv6/weights": (3, 3, 512, 1024), "vgg_16/conv6/biases": (1024,),
-        "vgg_16/conv7/weights": (1, 1, 1024, 1024), "vgg_16/conv7/biases": (1024,),
     }
     assert {name: full_checkpoint.shapes[name] for name in expected} == expected
     assert full_checkpoint.num_variables == 26 + len(expected)
 
 
-def test_reduced_conv6_conv7_take_every_4th_filter_and_every_3rd_fc6_tap(keras_files, full_checkpoint):
-    reader = tf.train.load_checkpoint(full_checkpoint.path)
-    conv6 = reader.get_tensor("vgg_16/conv6/weights")
-    conv7 = reader.get_tensor("vgg_16/conv7/weights")
+def test_ssd_start_up_reduces_fc6_fc7_of_the_converted_file_into_conv6_conv7(keras_files, full_checkpoint):
+    """The trainer's own start-up (plan, init_fn) on the converted full file: conv1..conv5 restored,
+    conv6/conv7 the paper's reduced fc6/fc7, checked entry by entry against Keras' flattened kernels."""
+    import train_ssd_network
+    from deployment import checkpoint_init
+    from nets import nets_factory
+    from tf_compat import slim
+
+    opts = train_ssd_network.default_options(checkpoint_model_scope="vgg_16")
+    with tf.Graph().as_default():
+        net = nets_factory.get_network("ssd_300_vgg", img_shape=(64, 64), num_classes=4)
+        with slim.arg_scope(net.arg_scope()):
+            net.net(tf1.placeholder(tf.float32, [1, 64, 64, 3]), is_training=False)
+        plan = checkpoint_init.plan_initialization(
+            None, os.path.dirname(full_checkpoint.path), **train_ssd_network.initialization_arguments(opts, net))
+        init_fn = checkpoint_init.init_fn_from_plan(plan)
+        variables = {v.op.name: v for v in tf1.global_variables()}
+        with tf1.Session() as session:
+            session.run(tf1.global_variables_initializer())
+            init_fn(session)
+            conv6, conv6_bias, conv7, conv7_bias = session.run([variables[f"ssd_300_vgg/{name}"] for name in (
+                "conv6/weights", "conv6/biases", "conv7/weights", "conv7/biases")])
+    assert len(plan.restore) == 26 and len(plan.derived) == 4
+    assert "26 restored, 4 derived (conv6 from vgg_16/fc6, conv7 from vgg_16/fc7)" in plan.summary_line()
     fc1_kernel, fc1_bias = keras_files["full_weights"]["fc1"]
     fc2_kernel, fc2_bias = keras_files["full_weights"]["fc2"]
     # Straight from Keras' flattened fc1: row (h * 7 + w) * 512 + c, column = fc6 output channel.
@@ -237,8 +255,8 @@ def test_reduced_conv6_conv7_take_every_4th_filter_and_every_3rd_fc6_tap(keras_f
         assert conv6[h, w, c, out] == fc1_kernel[((3 * h) * 7 + 3 * w) * 512 + c, 4 * out]
     for c, out in [(0, 0), (3, 1000), (1023, 1023), (500, 17)]:
         assert conv7[0, 0, c, out] == fc2_kernel[4 * c, 4 * out]
-    np.testing.assert_array_equal(reader.get_tensor("vgg_16/conv6/biases"), fc1_bias[::4])
-    np.testing.assert_array_equal(reader.get_tensor("vgg_16/conv7/biases"), fc2_bias[::4])
+    np.testing.assert_array_equal(conv6_bias, fc1_bias[::4])
+    np.testing.assert_array_equal(conv7_bias, fc2_bias[::4])
     np.testing.assert_array_equal(conv6, fc1_kernel.reshape(7, 7, 512, 4096)[::3, ::3, :, ::4])
     np.testing.assert_array_equal(conv7[0, 0], fc2_kernel[::4, ::4])
 

@@ -47,7 +47,8 @@ def test_bccd_from_the_imagenet_vgg16_checkpoint_restores_26_variables_and_train
     # "initialised fresh" also counts the optimizer's slots, so it depends on --optimizer; the rest does not.
     assert expected.startswith(f"Initialization: restoring from {vgg16_checkpoint}: 26 restored, 0 skipped (shape "
                                "differs), 0 excluded, 45 missing from checkpoint, "), expected
-    assert expected.endswith(" initialised fresh")
+    assert expected.endswith(" initialised fresh; frozen (not trained): conv1, conv2 (the paper's recipe from "
+                             "ImageNet VGG-16 weights; --freeze_conv1_conv2=false trains them)"), expected
     assert "  fresh    ssd_300_vgg/conv6/weights [3, 3, 512, 1024] (not in checkpoint as vgg_16/conv6/weights)" \
         in inspected.stdout
 
@@ -63,3 +64,11 @@ def test_bccd_from_the_imagenet_vgg16_checkpoint_restores_26_variables_and_train
     imagenet_weights = imagenet.get_tensor("vgg_16/conv5/conv5_3/weights")
     assert np.abs(trained_weights - imagenet_weights).mean() < 0.1 * np.abs(imagenet_weights).mean()
     assert np.isfinite(reader.get_tensor("ssd_300_vgg/block4_box/conv_cls/weights")).all()
+    # conv1/conv2 are frozen (no gradient, no optimizer slot); conv3 on trains.
+    for layer in ("conv1/conv1_1", "conv2/conv2_2"):
+        np.testing.assert_array_equal(reader.get_tensor(f"ssd_300_vgg/{layer}/weights"),
+                                      imagenet.get_tensor(f"vgg_16/{layer}/weights"))
+    assert not any(name.startswith(("ssd_300_vgg/conv1/", "ssd_300_vgg/conv2/")) and "Adam" in name
+                   for name in reader.get_variable_to_shape_map())
+    assert not np.array_equal(reader.get_tensor("ssd_300_vgg/conv3/conv3_1/weights"),
+                              imagenet.get_tensor("vgg_16/conv3/conv3_1/weights"))
