@@ -44,6 +44,7 @@ METRICS_FILE = "metrics.jsonl"
 BEST_DIR = "best"
 BEST_RECORD = "best.json"
 BEST_METRICS = ("voc07_map", "voc_area_map", "coco_ap", "coco_ap50")
+VOC_BOX_CONVENTIONS = ("devkit", "continuous")
 
 
 def build_parser():
@@ -74,6 +75,9 @@ def build_parser():
     add("--top_k", type=int, default=ssd_eval.DEFAULT_TOP_K, help="Candidates per class before NMS.")
     add("--keep_top_k", type=int, default=ssd_eval.DEFAULT_KEEP_TOP_K, help="Detections per image after NMS.")
     add("--matching_iou", type=float, default=0.5, help="IoU above which a detection matches (VOC: 0.5).")
+    add("--voc_box_convention", choices=VOC_BOX_CONVENTIONS, default="devkit",
+        help="devkit: the VOC devkit's pixel-inclusive IoU and areas (a box is xmax - xmin + 1 pixels wide), "
+             "comparable with published VOC numbers; continuous: xmax - xmin.")
     add("--no_coco", action="store_true", help="Skip the COCO metrics (pycocotools).")
     add("--no_moving_averages", action="store_true", help="Use the raw weights even when the EMA is stored.")
     add("--keep_best", action="store_true", help="Copy the best checkpoint so far into <eval_dir>/best/.")
@@ -198,7 +202,8 @@ class Evaluation:
                 checkpoint_prefix, use_moving_averages=not opts.no_moving_averages)
             saver = tf1.train.Saver(mapping)
         evaluator = detection_metrics.DetectionEvaluator(
-            self.spec.num_classes - 1, {i: n for i, n in self.labels.items() if i}, iou_threshold=opts.matching_iou)
+            self.spec.num_classes - 1, {i: n for i, n in self.labels.items() if i}, iou_threshold=opts.matching_iou,
+            pixel_inclusive=opts.voc_box_convention == "devkit")
         config = devices.session_config(opts.gpu_memory_fraction, opts.allow_growth)
         logging.info("Evaluating %s (%s weights) on %s/%s (%d images)", checkpoint_prefix,
                      "EMA" if used_ema else "raw", self.spec.name, self.spec.split_name, self.num_images)

@@ -125,6 +125,8 @@ _define("float", "ftrl_l2", 0.0, "FTRL L2.")
 _define("float", "clip_gradient_norm", 0.0, "Clip the averaged gradients to this global norm (0: off).")
 _define("float", "moving_average_decay", None, "Keep an EMA of the weights (used by eval and export).")
 _define("integer", "max_number_of_steps", None, "Stop at this global step (default: train until interrupted).")
+_define("float", "max_train_minutes", None,
+        "Stop after this many minutes of training in this run (from its first step), with a final checkpoint.")
 
 # Devices.
 _define("integer", "num_clones", 1, "Towers: one per GPU.")
@@ -460,6 +462,8 @@ def write_configuration(train_dir, config):
 
 def train(opts):
     """Runs training as the flags in ``opts`` say; returns the final total loss (a ps task serves until killed)."""
+    if opts.max_train_minutes is not None and opts.max_train_minutes <= 0:
+        raise ValueError(f"--max_train_minutes must be > 0, got {opts.max_train_minutes}")
     dist = cluster.settings_from_options(opts)
     if dist is not None and dist.job_name == cluster.PS_JOB:
         return cluster.start_server(dist).join()
@@ -510,6 +514,7 @@ def train(opts):
             images_per_step=opts.batch_size * deploy_config.num_clones,
             summary_op=tf1.summary.merge_all() if is_chief else None, summary_writer=summary_writer,
             save_summaries_secs=opts.save_summaries_secs,
+            max_train_seconds=None if opts.max_train_minutes is None else 60.0 * opts.max_train_minutes,
         )
         if server is not None:
             train_step_fn = lost_cluster_guard.wrap_train_step(train_step_fn)

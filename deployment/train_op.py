@@ -244,7 +244,7 @@ def describe_nan_guard_error(error):
 
 
 def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_steps=None, summary_op=None,
-                       summary_writer=None, save_summaries_secs=60):
+                       summary_writer=None, save_summaries_secs=60, max_train_seconds=None):
     """A ``train_step_fn`` for ``slim.learning.train`` with the NaN guard's stop and richer logs.
 
     Runs ``train_op`` (with ``tensors_to_log``, a {name: scalar} dict such as loss terms
@@ -260,6 +260,9 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     step, on the first step and then every ``save_summaries_secs``: they show the batch the
     step trained on. Run on their own, as the Supervisor's summary thread does, they would
     pull an extra batch from the input pipeline (and an extra forward pass) each time.
+
+    With ``max_train_seconds``, the step that ends that long after the run's first step started
+    asks ``slim.learning.train`` to stop (it then saves a final checkpoint), and says so.
     """
     names = list((tensors_to_log or {}).keys())
     tensors = [tensors_to_log[name] for name in names]
@@ -267,9 +270,12 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     # should not wait log_every_n_steps of them to see that training runs.
     first_step_of_run = [True]
     last_summary_time = [None]
+    run_start = [None]
 
     def train_step_fn(session, train_op, global_step, train_step_kwargs):
         start = time.time()
+        if run_start[0] is None:
+            run_start[0] = start
         with_summary = summary_op is not None and (
             last_summary_time[0] is None or start - last_summary_time[0] >= save_summaries_secs)
         try:
@@ -313,6 +319,10 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
             parts.append(f"{elapsed:.3f} sec/step")
             logging.info(", ".join(parts))
         should_stop = bool(session.run(train_step_kwargs["should_stop"])) if "should_stop" in train_step_kwargs else False
+        if max_train_seconds is not None and not should_stop and time.time() - run_start[0] >= max_train_seconds:
+            logging.info("Stopping after global step %d: the time limit of %.1f minutes is reached", np_global_step,
+                         max_train_seconds / 60.0)
+            should_stop = True
         return total_loss, should_stop
 
     return train_step_fn

@@ -4,8 +4,8 @@ The images a :class:`~evaluation.detection_metrics.DetectionEvaluator` kept are 
 into pycocotools' ground-truth and result objects in memory (no JSON files) and scored
 by ``COCOeval`` unchanged, so the numbers are pycocotools' own. Conversions:
 
-* boxes become ``[x, y, width, height]`` in pixels; with the evaluator's
-  ``pixel_inclusive=True`` a width is ``xmax - xmin + 1``, as in its VOC matching;
+* boxes become ``[x, y, width, height]`` in pixels, continuous (a width is ``xmax - xmin``,
+  COCO's own convention) whatever convention the evaluator's VOC matching uses;
 * a ground-truth box's ``area`` (which decides small < 32², medium, large > 96²) is its
   box area, since VOC-style data has no masks;
 * VOC ``difficult`` boxes become ``iscrowd=1``, which is how COCOeval ignores a region:
@@ -62,12 +62,9 @@ def _import_pycocotools():
     return COCO, COCOeval
 
 
-def _xywh(boxes, pixel_inclusive):
-    extra = 1.0 if pixel_inclusive else 0.0
+def _xywh(boxes):
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return np.stack(
-        [boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1] + extra, boxes[:, 2] - boxes[:, 0] + extra], axis=1
-    )
+    return np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], axis=1)
 
 
 def coco_datasets(evaluator):
@@ -79,7 +76,7 @@ def coco_datasets(evaluator):
             image.update(height=record.height, width=record.width)
         images.append(image)
         for box, label, difficult in zip(
-            _xywh(record.gt_boxes, evaluator.pixel_inclusive), record.gt_labels, record.gt_difficult
+            _xywh(record.gt_boxes), record.gt_labels, record.gt_difficult
         ):
             annotations.append(
                 {
@@ -92,7 +89,7 @@ def coco_datasets(evaluator):
                 }
             )
         for box, score, label in zip(
-            _xywh(record.det_boxes, evaluator.pixel_inclusive), record.det_scores, record.det_labels
+            _xywh(record.det_boxes), record.det_scores, record.det_labels
         ):
             detections.append(
                 {

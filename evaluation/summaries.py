@@ -161,6 +161,7 @@ def metrics_record(global_step, result, coco=None, checkpoint_path=None):
         "num_images": result.num_images,
         "voc07_map": _json_number(result.voc07_map),
         "voc_area_map": _json_number(result.voc_area_map),
+        "voc_box_convention": "devkit" if result.pixel_inclusive else "continuous",
     }
     if coco is not None:
         record.update({f"coco_{field}": _json_number(getattr(coco, field)) for _, field in _COCO_SCALARS})
@@ -197,6 +198,12 @@ def _cell(value, digits=4):
     return f"{value:.{digits}f}" if _is_defined(value) else "-"
 
 
+def describe_voc_convention(pixel_inclusive):
+    if pixel_inclusive:
+        return "VOC devkit convention (pixel-inclusive boxes: xmax - xmin + 1 wide)"
+    return "continuous boxes (xmax - xmin wide; not the VOC devkit's convention)"
+
+
 def format_table(result, coco=None):
     """The per-class table for the console: counts, VOC07 AP, VOC area AP (and COCO AP), then the means."""
     headers = ["class", "images", "objects", "difficult", "detections", "AP VOC07", "AP VOC area"]
@@ -227,7 +234,9 @@ def format_table(result, coco=None):
         return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
 
     rule = "-" * len(line(headers))
-    lines = [line(headers), rule, *map(line, rows), rule, line(mean_row)]
+    lines = [f"VOC APs: {describe_voc_convention(result.pixel_inclusive)}"
+             + ("; COCO AP: pycocotools, continuous boxes" if coco is not None else ""),
+             line(headers), rule, *map(line, rows), rule, line(mean_row)]
     if coco is not None:
         lines.append(
             "COCO: " + "  ".join(f"{tag}={_cell(getattr(coco, field), 3)}" for tag, field in _COCO_SCALARS)

@@ -50,6 +50,57 @@ def test_get_variables_to_train():
             get_variables_to_train("net/conv")  # a prefix of a name is not a scope
 
 
+def test_frozen_scopes_are_left_out_and_checked():
+    with tf.Graph().as_default():
+        toy_model()
+        assert [v.op.name for v in get_variables_to_train(None, ["net/conv1"])] == ["net/head/weights", "net/head/biases"]
+        assert [v.op.name for v in get_variables_to_train("net/head", "net/conv1")] == [
+            "net/head/weights", "net/head/biases"]
+        with pytest.raises(ValueError, match="frozen scope 'net/conv2' matches no trainable variable"):
+            get_variables_to_train(None, ["net/conv2"])
+        with pytest.raises(ValueError, match="no variable left to train"):
+            get_variables_to_train("net/head", ["net/head"])
+
+
+def _executed_op_types(graph, fetch):
+    """The types of the ops a session really runs for ``fetch`` (after pruning), from a full trace."""
+    run_metadata = tf1.RunMetadata()
+    with tf1.Session(graph=graph) as session:
+        session.run(tf1.global_variables_initializer())
+        session.run(fetch, options=tf1.RunOptions(trace_level=tf1.RunOptions.FULL_TRACE), run_metadata=run_metadata)
+    types = {op.name: op.type for op in graph.get_operations()}
+    executed = {node.node_name.split(":")[0] for device in run_metadata.step_stats.dev_stats
+                for node in device.node_stats}
+    return sorted(types[name] for name in executed if name in types)
+
+
+@pytest.mark.parametrize("frozen", [[], ["net/conv1"]])
+def test_frozen_layers_get_no_backward_pass(frozen):
+    """A frozen first layer gets neither a weight gradient nor an input gradient at run time."""
+    with tf.Graph().as_default() as graph:
+        config = DeploymentConfig(num_clones=1, clone_on_cpu=True)
+        global_step = model_deploy.get_or_create_global_step(config)
+        clones = model_deploy.create_clones(config, toy_model)
+        train = build_train_op(config, clones, tf1.train.GradientDescentOptimizer(0.1), global_step=global_step,
+                               variables_to_train=get_variables_to_train(None, frozen))
+    backprop = [t for t in _executed_op_types(graph, train.train_tensor) if t.startswith("Conv2DBackprop")]
+    if frozen:  # the head's weight gradient only
+        assert backprop == ["Conv2DBackpropFilter"]
+    else:  # both weight gradients, and the head's input gradient that conv1's needs
+        assert backprop == ["Conv2DBackpropFilter", "Conv2DBackpropFilter", "Conv2DBackpropInput"]
+
+
+def test_time_limit_stops_training_with_a_final_checkpoint(tmp_path, caplog):
+    with tf.Graph().as_default():
+        _, _, train = build(num_clones=1)
+        step_fn = make_train_step_fn(max_train_seconds=0.0)
+        with caplog.at_level(logging.INFO):
+            slim.learning.train(train.train_tensor, str(tmp_path / "train"), number_of_steps=100,
+                                train_step_fn=step_fn, save_summaries_secs=0, save_interval_secs=3600)
+    assert tf.train.latest_checkpoint(str(tmp_path / "train")).endswith("model.ckpt-1")
+    assert any("the time limit of 0.0 minutes is reached" in r.getMessage() for r in caplog.records)
+
+
 def test_trainable_scopes_freeze_the_rest():
     with tf.Graph().as_default():
         _, _, train = build(trainable_scopes="net/head")
