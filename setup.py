@@ -18,6 +18,7 @@ TOOLS = {
     "ssd_check_vgg16_imagenet": "checkpoints.vgg16_imagenet_check",
     "ssd_convert_class_count": "checkpoints.convert_class_count",
     "ssd_inspect_checkpoint": "checkpoints.inspect_checkpoint",
+    "ssd_anchor_coverage": "nets.anchor_coverage",
 }
 
 setup(

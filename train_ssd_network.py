@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 from datasets import dataset_factory, sample_data  # noqa: E402
 from deployment import checkpoint_init, cluster, devices, learning_rate as lr_lib, model_deploy  # noqa: E402
 from deployment import optimizers, summaries, train_op as train_op_lib  # noqa: E402
-from nets import matching, multibox_loss, nets_factory, vgg_checkpoint  # noqa: E402
+from nets import anchor_coverage, matching, multibox_loss, nets_factory, vgg_checkpoint  # noqa: E402
 from preprocessing import preprocessing_factory, seeds, visualization  # noqa: E402
 from preprocessing.ssd_vgg_preprocessing import TrainAugmentation  # noqa: E402
 from tf_compat import slim, tf1  # noqa: E402
@@ -161,6 +161,8 @@ _define("float", "dist_lost_ps_secs", cluster.DEFAULT_LOST_PS_SECS,
         "cluster is unreachable (<= 0: only the latter).")
 
 CONFIG_FILE = "training_config.json"
+# Images of the training split the start-up's anchor coverage line reads (a few seconds).
+ANCHOR_COVERAGE_IMAGES = 1000
 
 
 def default_options(**overrides):
@@ -487,8 +489,12 @@ def train(opts):
     data_seed = opts.seed if start_step == 0 else (opts.seed * 1_000_003 + start_step) % 2**31
 
     # Every worker of a cluster applies the same rule to the same files, so all train the same variables.
-    model_scope = nets_factory.get_network(opts.model_name, num_classes=spec.num_classes).name
-    frozen_scopes, frozen_reason = resolve_frozen_scopes(opts, model_scope)
+    network = build_network(opts, spec.num_classes)
+    frozen_scopes, frozen_reason = resolve_frozen_scopes(opts, network.name)
+    if is_chief:
+        logging.info("%s", anchor_coverage.coverage_report(
+            network, spec, opts.match_threshold, opts.negative_threshold,
+            max_images=ANCHOR_COVERAGE_IMAGES).summary_line())
 
     graph = tf.Graph()
     with graph.as_default():

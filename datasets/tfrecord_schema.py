@@ -119,6 +119,19 @@ def _flags_or_zeros(values, count):
     )
 
 
+def _parse_objects(parsed):
+    dense = {key: tf.sparse.to_dense(parsed[key]) for key in (BBOX_YMIN, BBOX_XMIN, BBOX_YMAX, BBOX_XMAX, LABEL, DIFFICULT, TRUNCATED)}
+    boxes = tf.stack([dense[BBOX_YMIN], dense[BBOX_XMIN], dense[BBOX_YMAX], dense[BBOX_XMAX]], axis=1)
+    labels = dense[LABEL]
+    count = tf.size(labels)
+    return {
+        "boxes": tf.reshape(boxes, [-1, 4]),
+        "labels": labels,
+        "difficult": _flags_or_zeros(dense[DIFFICULT], count),
+        "truncated": _flags_or_zeros(dense[TRUNCATED], count),
+    }
+
+
 def parse_example(serialized):
     """Parses one serialized Example (a graph op, for tf.data `map`).
 
@@ -129,17 +142,16 @@ def parse_example(serialized):
     parsed = tf.io.parse_single_example(serialized, _features_spec())
     image = tf.io.decode_image(parsed[ENCODED], channels=3, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, 3])
-    dense = {key: tf.sparse.to_dense(parsed[key]) for key in (BBOX_YMIN, BBOX_XMIN, BBOX_YMAX, BBOX_XMAX, LABEL, DIFFICULT, TRUNCATED)}
-    boxes = tf.stack([dense[BBOX_YMIN], dense[BBOX_XMIN], dense[BBOX_YMAX], dense[BBOX_XMAX]], axis=1)
-    labels = dense[LABEL]
-    count = tf.size(labels)
     return {
         "image": image,
         "shape": tf.shape(image, out_type=tf.int32),
-        "boxes": tf.reshape(boxes, [-1, 4]),
-        "labels": labels,
-        "difficult": _flags_or_zeros(dense[DIFFICULT], count),
-        "truncated": _flags_or_zeros(dense[TRUNCATED], count),
+        **_parse_objects(parsed),
         "filename": parsed[FILENAME],
         "source_id": parsed[SOURCE_ID],
     }
+
+
+def parse_objects(serialized):
+    """The objects of one serialized Example without decoding its image: boxes, labels, difficult,
+    truncated as :func:`parse_example` returns them (for statistics over a whole split)."""
+    return _parse_objects(tf.io.parse_single_example(serialized, _features_spec()))

@@ -1,0 +1,190 @@
+"""Quality benchmark: detection accuracy against training time on a real VOC-layout dataset.
+
+Converts the dataset, trains SSD300 from an ImageNet VGG-16 checkpoint with the trainer's defaults
+(the documented recipe; extra trainer flags after ``--``) for ``--train_minutes``, keeping a
+checkpoint every ``--eval_every_minutes``, then evaluates every checkpoint on the test split with
+the evaluator's own code (``eval_ssd_network``). Training runs alone; evaluation runs after it, so
+the minutes on the curve are training minutes on an otherwise idle machine.
+
+Prints one JSON object per evaluated checkpoint (step, minutes since the training command started,
+images seen, VOC07 mAP and VOC area mAP in the devkit's convention, COCO AP and AP50, per-class
+VOC07 AP) and a final summary (best VOC07 mAP and when it was reached). The trainer's log, the
+checkpoints and the evaluator's summaries stay in ``--work_dir``::
+
+    python bench/bench_quality.py --voc_dir ../shared/data/BCCD --work_dir /tmp/bccd_quality \\
+        --train_minutes 120 --eval_every_minutes 10
+    python bench/bench_quality.py --work_dir /tmp/bccd_quality --evaluate_only   # re-read a run
+    python bench/bench_quality.py ... -- --learning_rate=0.0005            # another recipe
+"""
+
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import package_guard  # noqa: E402
+
+package_guard.ensure_project_packages()
+
+from absl import logging  # noqa: E402
+
+DEFAULT_VOC_DIR = os.path.join(REPO_ROOT, os.pardir, "shared", "data", "BCCD")
+DEFAULT_CHECKPOINT = os.path.join(REPO_ROOT, os.pardir, "shared", "weights", "vgg_16_imagenet",
+                                  "vgg_16_imagenet_conv.ckpt")
+RUN_RECORD = "bench_quality_run.json"
+CHECKPOINT_STEP = re.compile(r"model\.ckpt-(\d+)\.index$")
+
+
+def machine():
+    import tensorflow as tf
+
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, TF {tf.__version__}"
+
+
+def convert(voc_dir, data_dir, name):
+    from datasets import converter, dataset_factory
+
+    if os.path.exists(os.path.join(data_dir, dataset_factory.DATASET_INFO)):
+        return data_dir
+    converter.convert([voc_dir], data_dir, name, converter.ConversionOptions(splits=("trainval", "test")),
+                      quiet=True)
+    return data_dir
+
+
+def train(args, data_dir, train_dir, extra_flags):
+    """Runs the trainer alone for ``--train_minutes``; records its command and start time."""
+    command = [
+        sys.executable, os.path.join(REPO_ROOT, "train_ssd_network.py"), f"--train_dir={train_dir}",
+        f"--dataset_dir={data_dir}", f"--checkpoint_path={args.checkpoint_path}", "--checkpoint_model_scope=vgg_16",
+        f"--max_train_minutes={args.train_minutes}", f"--save_interval_secs={int(args.eval_every_minutes * 60)}",
+        "--max_to_keep=100000", *extra_flags,
+    ]
+    log_path = os.path.join(args.work_dir, "train.log")
+    start = time.time()
+    with open(os.path.join(args.work_dir, RUN_RECORD), "w", encoding="utf-8") as stream:
+        json.dump({"command": command, "start_time": start, "train_minutes": args.train_minutes}, stream, indent=2)
+    logging.info("Training for %.0f minutes (log: %s): %s", args.train_minutes, log_path, " ".join(command))
+    with open(log_path, "w", encoding="utf-8") as log:
+        status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode
+    if status != 0:
+        raise SystemExit(f"the trainer exited with status {status}; see {log_path}")
+    return start
+
+
+def checkpoints_in_order(train_dir):
+    found = []
+    for index in glob.glob(os.path.join(train_dir, "model.ckpt-*.index")):
+        match = CHECKPOINT_STEP.search(index)
+        if match:
+            found.append((int(match.group(1)), index[: -len(".index")], os.path.getmtime(index)))
+    return sorted(found)
+
+
+def evaluate_all(args, data_dir, train_dir, start_time):
+    """Evaluates every checkpoint of the run in step order; yields one result dict each."""
+    import tensorflow as tf
+
+    import eval_ssd_network
+    from evaluation import ssd_eval
+    from tf_compat import tf1
+
+    tf1.disable_eager_execution()
+    checkpoints = checkpoints_in_order(train_dir)
+    if not checkpoints:
+        raise SystemExit(f"no checkpoint in {train_dir}")
+    config = ssd_eval.read_training_config(train_dir) or {}
+    flags = config.get("flags", {})
+    images_per_step = int(flags.get("batch_size", 0)) * int(flags.get("num_clones", 1))
+    opts = eval_ssd_network.default_options(checkpoint_path=train_dir, dataset_dir=data_dir,
+                                            dataset_split_name=args.split)
+    source = ssd_eval.load_model_source(checkpoints[-1][1])
+    evaluation = eval_ssd_network.Evaluation(opts, source)
+    eval_dir = eval_ssd_network.default_eval_dir(opts, source)
+    tf.io.gfile.makedirs(eval_dir)
+    writer = tf1.summary.FileWriter(eval_dir)
+    try:
+        for step, prefix, saved_at in checkpoints:
+            record = eval_ssd_network.evaluate_checkpoint(evaluation, prefix, eval_dir, writer, opts, train_dir,
+                                                          out=sys.stderr)
+            yield {
+                "what": "quality",
+                "step": step,
+                "minutes": round((saved_at - start_time) / 60.0, 2),
+                "images_seen": step * images_per_step,
+                "voc07_map": record["voc07_map"],
+                "voc_area_map": record["voc_area_map"],
+                "coco_ap": record.get("coco_ap"),
+                "coco_ap50": record.get("coco_ap50"),
+                "voc_box_convention": record["voc_box_convention"],
+                "per_class_voc07_ap": {name: entry["voc07_ap"] for name, entry in record["per_class"].items()},
+            }
+    finally:
+        writer.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--voc_dir", default=DEFAULT_VOC_DIR, help="VOC-layout dataset with trainval and test splits.")
+    parser.add_argument("--dataset_name", default="bccd")
+    parser.add_argument("--checkpoint_path", default=DEFAULT_CHECKPOINT, help="ImageNet VGG-16 (TF-Slim vgg_16).")
+    parser.add_argument("--work_dir", required=True, help="Converted data, checkpoints, logs, evaluations.")
+    parser.add_argument("--train_minutes", type=float, default=120.0)
+    parser.add_argument("--eval_every_minutes", type=float, default=10.0)
+    parser.add_argument("--split", default="test", help="Split to evaluate on.")
+    parser.add_argument("--evaluate_only", action="store_true",
+                        help="Evaluate the checkpoints of an earlier run in --work_dir (no conversion, no training).")
+    parser.add_argument("trainer_flags", nargs="*", help="Extra train_ssd_network.py flags, after '--'.")
+    args = parser.parse_args()
+    if args.train_minutes <= 0 or args.eval_every_minutes <= 0:
+        parser.error("--train_minutes and --eval_every_minutes must be > 0")
+    logging.set_verbosity(logging.INFO)
+
+    os.makedirs(args.work_dir, exist_ok=True)
+    data_dir = os.path.join(args.work_dir, "data")
+    train_dir = os.path.join(args.work_dir, "train")
+    if args.evaluate_only:
+        with open(os.path.join(args.work_dir, RUN_RECORD), encoding="utf-8") as stream:
+            run = json.load(stream)
+        start, command = run["start_time"], run["command"]
+    else:
+        if not os.path.isdir(args.voc_dir):
+            raise SystemExit(f"--voc_dir {args.voc_dir} does not exist")
+        if not os.path.exists(args.checkpoint_path + ".index"):
+            raise SystemExit(f"--checkpoint_path {args.checkpoint_path}: no such checkpoint (.index missing)")
+        if os.path.exists(train_dir):
+            raise SystemExit(f"{train_dir} exists: use another --work_dir, or --evaluate_only to read that run")
+        convert(args.voc_dir, data_dir, args.dataset_name)
+        start = train(args, data_dir, train_dir, args.trainer_flags)
+        with open(os.path.join(args.work_dir, RUN_RECORD), encoding="utf-8") as stream:
+            command = json.load(stream)["command"]
+
+    results = []
+    for result in evaluate_all(args, data_dir, train_dir, start):
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    best = max(results, key=lambda r: r["voc07_map"] if r["voc07_map"] is not None else -1.0)
+    last = results[-1]
+    print(json.dumps({
+        "what": "quality_summary", "dataset": args.dataset_name, "split": args.split,
+        "best_voc07_map": best["voc07_map"], "best_at_minutes": best["minutes"], "best_at_step": best["step"],
+        "final_voc07_map": last["voc07_map"], "final_voc_area_map": last["voc_area_map"],
+        "final_coco_ap": last["coco_ap"], "final_coco_ap50": last["coco_ap50"], "final_step": last["step"],
+        "final_minutes": last["minutes"],
+        "images_per_second": round(last["images_seen"] / max(60.0 * last["minutes"], 1e-9), 3),
+        "voc_box_convention": last["voc_box_convention"], "trainer_command": " ".join(command[1:]),
+        "machine": machine(),
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
