@@ -18,7 +18,8 @@ each round matches, at once, every pair that is both the best untaken anchor of 
 the best unmatched box of its anchor. Such a pair has the highest IoU of all pairs touching
 its box or its anchor, so the one-pair-at-a-time greedy rule would match it too, whatever
 order the rest comes in; the global best pair always qualifies, so each round makes progress.
-Most images need one or two rounds.
+Round 1 settles most boxes; the later rounds (one or two on typical images, a few in crowds)
+work only on the columns of the boxes still open.
 
 :func:`bboxes_encode` returns :class:`Targets`, explicit per-anchor class targets, box targets
 and weights: the loss reads which anchors are positives and which may be negatives from the
@@ -96,6 +97,31 @@ def _batched_inputs(labels, boxes):
     return single, labels, boxes
 
 
+def _bipartite_round(available, open_boxes, taken, box_anchor):
+    """One round of the bipartite stage: every open box whose best untaken anchor would also pick
+    it (highest IoU among open boxes; ties to the lower anchor, then the lower box) takes it.
+
+    ``available`` [B, A, M]: IoU, -1 where the anchor is taken or the box closed (round 1 may pass
+    the raw IoU: nothing is taken yet, and invalid boxes, all zeros, can neither win nor beat).
+    Returns the new ``(open_boxes [B, M], taken [B, A], box_anchor [B, M])``.
+    """
+    num_boxes = tf.shape(available)[2]
+    box_ids = tf.range(num_boxes)
+    lower_box = box_ids[tf.newaxis, :] < box_ids[:, tf.newaxis]  # [n, m]: m < n
+    best_anchor = tf.argmax(available, axis=1, output_type=tf.int32)  # [B, M], first anchor on ties
+    best_iou = tf.reduce_max(available, axis=1)
+    rival = tf.gather(available, best_anchor, axis=1, batch_dims=1)  # [b, n, m]: box m's IoU with n's best anchor
+    best = best_iou[:, :, tf.newaxis]
+    beaten = tf.reduce_any((rival > best) | (tf.equal(rival, best) & lower_box[tf.newaxis]), axis=2)
+    wins = open_boxes & (best_iou > 0.0) & tf.logical_not(beaten)
+    box_anchor = tf.where(wins, best_anchor, box_anchor)
+    batch_ids = tf.broadcast_to(tf.range(tf.shape(available)[0])[:, tf.newaxis], tf.shape(best_anchor))
+    # float32 scatters have kernels on every device; the input's zeros keep the static shape.
+    won = tf.tensor_scatter_nd_max(tf.zeros_like(taken, tf.float32), tf.stack([batch_ids, best_anchor], -1),
+                                   tf.cast(wins, tf.float32))
+    return open_boxes & tf.logical_not(wins) & (best_iou > 0.0), taken | (won > 0.0), box_anchor
+
+
 def bipartite_match(iou, valid):
     """The bipartite stage (module docstring, rule 2) on an IoU matrix.
 
@@ -108,42 +134,33 @@ def bipartite_match(iou, valid):
       no overlap left with any untaken anchor).
     """
     with tf.name_scope("bipartite_match"):
-        by_box = tf.transpose(iou, [0, 2, 1])  # [B, N, A]: argmax over the last axis is fastest
-        batch, num_boxes = tf.shape(by_box)[0], tf.shape(by_box)[1]
-        num_anchors = tf.shape(by_box)[2]
-        box_ids = tf.range(num_boxes)
-        lower_box = box_ids[:, tf.newaxis] < box_ids[tf.newaxis, :]  # [m, n]: m < n
-        batch_ids = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], [batch, num_boxes])
+        batch, num_anchors, num_boxes = tf.shape(iou)[0], tf.shape(iou)[1], tf.shape(iou)[2]
+        open_boxes, taken, box_anchor = _bipartite_round(
+            iou, valid, tf.zeros([batch, num_anchors], tf.bool), tf.fill([batch, num_boxes], -1))
 
-        def round_(unused_round, open_boxes, taken, box_anchor):
-            available = tf.where(open_boxes[:, :, tf.newaxis] & tf.logical_not(taken[:, tf.newaxis, :]), by_box, -1.0)
-            best_anchor = tf.argmax(available, axis=2, output_type=tf.int32)  # first anchor on ties
-            best_iou = tf.reduce_max(available, axis=2)
-            # rival[b, m, n]: box m's IoU with box n's best anchor (-1 if m is closed or the anchor taken).
-            rival = tf.gather(available, best_anchor, axis=2, batch_dims=1)
-            beaten = (rival > best_iou[:, tf.newaxis, :]) | (
-                tf.equal(rival, best_iou[:, tf.newaxis, :]) & lower_box[tf.newaxis]
-            )
-            wins = open_boxes & (best_iou > 0.0) & tf.logical_not(tf.reduce_any(beaten, axis=1))
-            box_anchor = tf.where(wins, best_anchor, box_anchor)
-            won_at = tf.stack([batch_ids, best_anchor], axis=-1)
-            # float32 scatters have kernels on every device; the input's zeros keep the static shape.
-            won = tf.tensor_scatter_nd_max(tf.zeros_like(taken, tf.float32), won_at, tf.cast(wins, tf.float32))
-            taken = taken | (won > 0.0)
-            open_boxes = open_boxes & tf.logical_not(wins) & (best_iou > 0.0)
-            return unused_round + 1, open_boxes, taken, box_anchor
+        # Most boxes are matched by round 1. Closed boxes can neither win nor beat any more, so the
+        # later rounds work on the columns of the boxes still open (in their order, which keeps the
+        # lower-box tie rule), usually a handful.
+        num_open = tf.reduce_max(tf.reduce_sum(tf.cast(open_boxes, tf.int32), axis=1))
+        order = tf.argsort(tf.cast(tf.logical_not(open_boxes), tf.int32), axis=1, stable=True)[:, :num_open]
+        open_iou = tf.gather(iou, order, axis=2, batch_dims=1)
 
-        def any_open(round_index, open_boxes, unused_taken, unused_box_anchor):
-            return (round_index < num_boxes) & tf.reduce_any(open_boxes)
+        def next_round(round_index, still_open, taken, open_anchor):
+            closed = taken[:, :, tf.newaxis] | tf.logical_not(still_open)[:, tf.newaxis, :]
+            return (round_index + 1,) + _bipartite_round(tf.where(closed, -1.0, open_iou), still_open, taken,
+                                                          open_anchor)
 
-        initial = (
-            tf.constant(0),
-            valid,
-            tf.zeros([batch, num_anchors], tf.bool),
-            tf.fill([batch, num_boxes], -1),
-        )
-        _, _, _, box_anchor = tf.while_loop(any_open, round_, initial, name="rounds")
-        return box_anchor
+        def any_open(round_index, still_open, unused_taken, unused_open_anchor):
+            return (round_index < num_boxes) & tf.reduce_any(still_open)
+
+        _, _, _, open_anchor = tf.while_loop(
+            any_open, next_round,
+            (tf.constant(1), tf.gather(open_boxes, order, batch_dims=1), taken, tf.fill(tf.shape(order), -1)),
+            name="rounds")
+        batch_ids = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], tf.shape(order))
+        # Positions past an image's open boxes hold closed ones: they keep their round-1 anchor.
+        updates = tf.where(open_anchor >= 0, open_anchor, tf.gather(box_anchor, order, batch_dims=1))
+        return tf.tensor_scatter_nd_update(box_anchor, tf.stack([batch_ids, order], -1), updates)
 
 
 def match_anchors(labels, boxes, anchors, match_threshold=0.5, negative_threshold=None):
