@@ -362,3 +362,20 @@ def test_chunked_layer_names_attribute_is_read(tmp_path):
         handle.attrs["layer_names0"] = names[:5]
         handle.attrs["layer_names1"] = names[5:]
     assert list(keras_vgg16.read_keras_layers(path)) == CONV_NAMES
+
+
+@pytest.mark.slow
+def test_trainer_start_up_line_counts_conv6_conv7_from_a_full_vgg16(full_checkpoint, sample_dataset_dir, tmp_path):
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, SSD_TOWERS_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="2")
+    trained = subprocess.run(
+        [sys.executable, os.path.join(repo_root, "train_ssd_network.py"), f"--train_dir={tmp_path / 'train'}",
+         f"--checkpoint_path={full_checkpoint.path}", "--checkpoint_model_scope=vgg_16",
+         f"--dataset_dir={sample_dataset_dir}", "--image_size=64", "--batch_size=2", "--max_number_of_steps=1",
+         "--num_readers=1", "--num_preprocessing_threads=1"],
+        capture_output=True, text=True, env=env, timeout=400, cwd=repo_root)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    line = next(line for line in trained.stderr.splitlines() if "Initialization: restoring" in line)
+    assert f"{full_checkpoint.path}: 26 restored, 4 derived (conv6 from vgg_16/fc6, conv7 from vgg_16/fc7), " \
+           "0 skipped (shape differs), 0 excluded, 41 missing from checkpoint" in line
+    assert "frozen (not trained): conv1, conv2" in line
