@@ -76,6 +76,9 @@ _define("integer", "num_preprocessing_threads", 4, "Parallel calls of parsing an
 _define("integer", "shuffle_buffer_size", 2048, "Examples in the shuffle buffer.")
 _define("enum", "augmentation", "ssd", "Training augmentation: 'ssd' (the paper's recipe) or 'none' (resize only).",
         enum_values=["ssd", "none"])
+_define("float", "zoom_out_max_ratio", 4.0,
+        "--augmentation=ssd: the zoom-out stage places the image in a canvas up to this many times its size "
+        "(the paper's 4); 1 switches zoom-out off (objects never get smaller than in the data).")
 _define("enum", "encode_targets_in", "input",
         "Where anchor matching runs: 'input' (CPU input pipeline, per image) or 'tower' (each clone, batched).",
         enum_values=["input", "tower"])
@@ -197,7 +200,11 @@ def build_network(opts, num_classes):
 
 
 def _augmentation(opts):
-    return TrainAugmentation() if opts.augmentation == "ssd" else TrainAugmentation.none()
+    if opts.augmentation == "none":
+        return TrainAugmentation.none()
+    if opts.zoom_out_max_ratio < 1.0:
+        raise ValueError(f"--zoom_out_max_ratio must be >= 1 (1 switches zoom-out off), got {opts.zoom_out_max_ratio}")
+    return TrainAugmentation(expand=opts.zoom_out_max_ratio > 1.0, expand_max_ratio=max(opts.zoom_out_max_ratio, 1.0))
 
 
 def starting_global_step(train_dir):

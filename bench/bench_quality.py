@@ -89,6 +89,19 @@ def checkpoints_in_order(train_dir):
     return sorted(found)
 
 
+def earlier_records(metrics_path):
+    """{checkpoint prefix: metrics record} already in the evaluator's metrics.jsonl (re-reading a run
+    evaluates only its new checkpoints)."""
+    records = {}
+    if os.path.exists(metrics_path):
+        with open(metrics_path, encoding="utf-8") as stream:
+            for line in stream:
+                record = json.loads(line)
+                if record.get("checkpoint_path") and "voc_box_convention" in record:
+                    records[record["checkpoint_path"]] = record
+    return records
+
+
 def evaluate_all(args, data_dir, train_dir, start_time):
     """Evaluates every checkpoint of the run in step order; yields one result dict each."""
     import tensorflow as tf
@@ -110,11 +123,12 @@ def evaluate_all(args, data_dir, train_dir, start_time):
     evaluation = eval_ssd_network.Evaluation(opts, source)
     eval_dir = eval_ssd_network.default_eval_dir(opts, source)
     tf.io.gfile.makedirs(eval_dir)
+    done = earlier_records(os.path.join(eval_dir, eval_ssd_network.METRICS_FILE))
     writer = tf1.summary.FileWriter(eval_dir)
     try:
         for step, prefix, saved_at in checkpoints:
-            record = eval_ssd_network.evaluate_checkpoint(evaluation, prefix, eval_dir, writer, opts, train_dir,
-                                                          out=sys.stderr)
+            record = done.get(prefix) or eval_ssd_network.evaluate_checkpoint(
+                evaluation, prefix, eval_dir, writer, opts, train_dir, out=sys.stderr)
             yield {
                 "what": "quality",
                 "step": step,

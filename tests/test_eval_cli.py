@@ -99,7 +99,10 @@ def test_following_a_directory_evaluates_each_checkpoint_once_then_times_out(sam
     assert records[0]["num_images"] == 4 and "coco_ap" not in records[0]
     jsonl = summaries.read_metrics_jsonl(str(train_dir / "eval_test" / "metrics.jsonl"))
     assert [r["global_step"] for r in jsonl] == [7]
-    assert "AP VOC07" in capsys.readouterr().out
+    assert jsonl[0]["voc_box_convention"] == "devkit"  # the default: comparable with published VOC numbers
+    printed = capsys.readouterr().out
+    assert "AP VOC07" in printed
+    assert "VOC APs: VOC devkit convention (pixel-inclusive boxes: xmax - xmin + 1 wide)" in printed
 
 
 @pytest.mark.slow
