@@ -7,7 +7,11 @@ the peak memory belong to that configuration alone), interleaved over ``--repeat
 - ``towers_1``: ``train_ssd_network.build_training_graph`` with 1 clone (what the trainer runs);
 - ``towers_2``: the same with 2 clones on two logical CPU devices (``--clone_on_cpu``), batch per clone
   halved so the global batch is the same;
-- ``towers_1_encode_in_tower``: 1 clone, anchor matching in the tower instead of the input pipeline.
+- ``towers_1_encode_in_tower``: 1 clone, anchor matching in the tower instead of the input pipeline;
+- ``towers_1_frozen_conv1_conv2``: 1 clone with conv1/conv2 frozen (the paper's recipe from ImageNet
+  weights: no backward pass through them);
+- ``towers_1_frozen_vgg``: 1 clone with the whole VGG-16 base (conv1..conv5) frozen: only SSD's own
+  layers train.
 
 Prints one JSON object per configuration (images/s min and median over rounds, peak RSS) and the
 ratios of medians against ``plain``. Data: BCCD converted to TFRecords in a temporary folder (or
@@ -32,7 +36,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-CONFIGS = ("plain", "towers_1", "towers_2", "towers_1_encode_in_tower")
+CONFIGS = ("plain", "towers_1", "towers_2", "towers_1_encode_in_tower", "towers_1_frozen_conv1_conv2",
+           "towers_1_frozen_vgg")
+FROZEN = {"towers_1_frozen_conv1_conv2": ("conv1", "conv2"),
+          "towers_1_frozen_vgg": ("conv1", "conv2", "conv3", "conv4", "conv5")}
 BCCD_DIR = REPO_ROOT.parent / "shared" / "data" / "BCCD"
 
 
@@ -93,7 +100,9 @@ def run_one(config, args):
             step = build_plain_step(opts, spec)
         else:
             deploy_config = model_deploy.DeploymentConfig(num_clones=num_clones, clone_on_cpu=num_clones > 1)
-            step = train_ssd_network.build_training_graph(opts, spec, deploy_config).train.train_tensor
+            frozen = [f"ssd_300_vgg/{block}" for block in FROZEN.get(config, ())]
+            step = train_ssd_network.build_training_graph(opts, spec, deploy_config,
+                                                          frozen_scopes=frozen).train.train_tensor
         with tf1.Session(config=devices.session_config()) as session:
             session.run([tf1.global_variables_initializer(), tf1.local_variables_initializer()])
             for _ in range(args.warmup):
