@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 from datasets import dataset_factory, sample_data  # noqa: E402
 from deployment import checkpoint_init, cluster, devices, learning_rate as lr_lib, model_deploy  # noqa: E402
 from deployment import optimizers, summaries, train_op as train_op_lib  # noqa: E402
-from nets import anchor_coverage, matching, multibox_loss, nets_factory, vgg_checkpoint  # noqa: E402
+from nets import anchor_coverage, matching, multibox_loss, nets_factory, ssd_vgg_common, vgg_checkpoint  # noqa: E402
 from preprocessing import preprocessing_factory, seeds, visualization  # noqa: E402
 from preprocessing.ssd_vgg_preprocessing import TrainAugmentation  # noqa: E402
 from tf_compat import slim, tf1  # noqa: E402
@@ -104,14 +104,23 @@ _define("enum", "loss_normalization", "step",
 _define("enum", "optimizer", "adam",
         "Optimizer. Adam at 1e-4 trains stably from scratch or from ImageNet weights; the paper's recipe is "
         "--optimizer=momentum --learning_rate=0.001 with piecewise decay.", enum_values=list(optimizers.OPTIMIZER_NAMES))
-_define("float", "learning_rate", 0.0001, "Initial learning rate.")
+_define("float", "learning_rate", 0.00005,
+        "Learning rate of the whole network (after --new_layers_only_epochs, if any), before decay.")
+_define("float", "new_layers_learning_rate", 0.001,
+        "Learning rate while only SSD's new layers train (--new_layers_only_epochs).")
+_define("float", "new_layers_only_epochs", None,
+        "Train only SSD's own layers (the VGG-16 base conv1..conv5 frozen: no backward pass through it) for this "
+        "many epochs of the training split, at --new_layers_learning_rate; then the whole network (but what "
+        "--freeze_conv1_conv2 keeps frozen) at --learning_rate, warmed up again over --warmup_steps. Default: "
+        "4 epochs when training starts from ImageNet VGG-16 weights, 0 otherwise; a resumed run keeps its own.")
 _define("enum", "learning_rate_decay_type", "fixed", "Learning-rate schedule.", enum_values=list(lr_lib.DECAY_TYPES))
 _define("float", "learning_rate_decay_factor", 0.94, "Decay factor (exponential).")
 _define("float", "num_epochs_per_decay", 2.0, "Epochs per decay period (exponential, polynomial, cosine).")
 _define("float", "end_learning_rate", 0.0001, "Final learning rate (polynomial) / floor (cosine).")
 _define("list", "learning_rate_boundaries", None, "Piecewise: global steps where the rate changes.")
 _define("list", "learning_rate_values", None, "Piecewise: the rates (one more than the boundaries).")
-_define("integer", "warmup_steps", 0, "Linear warmup from 0 over this many global steps.")
+_define("integer", "warmup_steps", 50,
+        "Linear warmup from 0 over this many global steps (again when the VGG-16 base starts training).")
 _define("float", "momentum", 0.9, "Momentum (momentum, rmsprop).")
 _define("float", "adam_beta1", 0.9, "Adam/AdamW beta1.")
 _define("float", "adam_beta2", 0.999, "Adam/AdamW beta2.")
@@ -164,6 +173,8 @@ _define("float", "dist_lost_ps_secs", cluster.DEFAULT_LOST_PS_SECS,
         "cluster is unreachable (<= 0: only the latter).")
 
 CONFIG_FILE = "training_config.json"
+# The recipe from ImageNet VGG-16 weights: epochs of the training split during which only SSD's new layers train.
+DEFAULT_NEW_LAYERS_ONLY_EPOCHS = 4.0
 # Images of the training split the start-up's anchor coverage line reads (a few seconds).
 ANCHOR_COVERAGE_IMAGES = 1000
 
@@ -316,9 +327,12 @@ def _float_list(values, name):
         raise ValueError(f"--{name} must be a comma-separated list of numbers, got {values!r}") from None
 
 
-def build_training_graph(opts, spec, deploy_config=None, data_seed=None, frozen_scopes=()):
+def build_training_graph(opts, spec, deploy_config=None, data_seed=None, frozen_scopes=(), new_layers_only_steps=0):
     """Builds the whole training graph in the default graph; returns a namespace of its parts.
-    Variables under ``frozen_scopes`` (see :func:`resolve_frozen_scopes`) are not trained."""
+
+    Variables under ``frozen_scopes`` (see :func:`resolve_training_plan`) are not trained. With
+    ``new_layers_only_steps`` the graph has a second train tensor (``train.first_phase``) for the
+    steps before it, which trains SSD's new layers only, at ``--new_layers_learning_rate``."""
     deploy_config = deploy_config or model_deploy.DeploymentConfig(
         num_clones=opts.num_clones, clone_on_cpu=opts.clone_on_cpu)
     data_seed = opts.seed if data_seed is None else data_seed
@@ -333,17 +347,28 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None, frozen_
     clones = build_clones(opts, net, iterator, deploy_config)
     first_clone = clones[0]
 
+    if new_layers_only_steps and deploy_config.num_ps_tasks > 0 and opts.sync_replicas:
+        raise ValueError("--new_layers_only_epochs cannot be combined with --sync_replicas (SyncReplicasOptimizer "
+                         "applies one train op); pass --new_layers_only_epochs=0, or train the two phases as two runs")
     with tf1.device(deploy_config.optimizer_device()):
-        learning_rate = lr_lib.configure_learning_rate(
-            global_step, learning_rate=opts.learning_rate, decay_type=opts.learning_rate_decay_type,
-            decay_rate=opts.learning_rate_decay_factor, end_learning_rate=opts.end_learning_rate,
-            boundaries=[int(b) for b in _float_list(opts.learning_rate_boundaries, "learning_rate_boundaries") or []]
-            or None,
-            values=_float_list(opts.learning_rate_values, "learning_rate_values"),
-            warmup_steps=opts.warmup_steps, num_samples_per_epoch=spec.num_samples,
-            num_epochs_per_decay=opts.num_epochs_per_decay, batch_size=opts.batch_size,
-            num_clones=deploy_config.num_clones, num_replicas=_replicas_per_step(opts, deploy_config),
-        )
+        def schedule(rate, warmup_steps):
+            return lr_lib.configure_learning_rate(
+                global_step, learning_rate=rate, decay_type=opts.learning_rate_decay_type,
+                decay_rate=opts.learning_rate_decay_factor, end_learning_rate=opts.end_learning_rate,
+                boundaries=[int(b) for b in _float_list(opts.learning_rate_boundaries, "learning_rate_boundaries")
+                            or []] or None,
+                values=_float_list(opts.learning_rate_values, "learning_rate_values"),
+                warmup_steps=warmup_steps, num_samples_per_epoch=spec.num_samples,
+                num_epochs_per_decay=opts.num_epochs_per_decay, batch_size=opts.batch_size,
+                num_clones=deploy_config.num_clones, num_replicas=_replicas_per_step(opts, deploy_config),
+            )
+
+        if new_layers_only_steps:
+            learning_rate = lr_lib.two_phase_learning_rate(
+                global_step, new_layers_only_steps, schedule(opts.new_layers_learning_rate, opts.warmup_steps),
+                schedule(opts.learning_rate, 0), opts.warmup_steps)
+        else:
+            learning_rate = schedule(opts.learning_rate, opts.warmup_steps)
         optimizer = optimizers.configure_optimizer(
             opts.optimizer, learning_rate, momentum=opts.momentum, rmsprop_decay=opts.rmsprop_decay,
             rmsprop_momentum=opts.momentum, rmsprop_epsilon=opts.rmsprop_epsilon, adam_beta1=opts.adam_beta1,
@@ -359,10 +384,15 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None, frozen_
                 optimizer, replicas_to_aggregate=_replicas_per_step(opts, deploy_config),
                 total_num_replicas=deploy_config.num_replicas)
 
+    first_phase_variables = None
+    if new_layers_only_steps:
+        first_phase_variables = train_op_lib.get_variables_to_train(
+            opts.trainable_scopes, list(frozen_scopes) + ssd_vgg_common.vgg16_base_scopes(net.name))
     train = train_op_lib.build_train_op(
         deploy_config, clones, optimizer, global_step=global_step,
         variables_to_train=train_op_lib.get_variables_to_train(opts.trainable_scopes, frozen_scopes),
         clip_gradient_norm=opts.clip_gradient_norm, moving_average_decay=opts.moving_average_decay,
+        first_phase_variables=first_phase_variables,
     )
 
     summaries.add_loss_summaries(train.total_loss, clones)
@@ -383,7 +413,7 @@ def build_training_graph(opts, spec, deploy_config=None, data_seed=None, frozen_
     return types.SimpleNamespace(
         net=net, deploy_config=deploy_config, global_step=global_step, clones=clones, train=train,
         learning_rate=learning_rate, optimizer=optimizer, iterator=iterator, loss_terms=loss_terms,
-        sync_optimizer=sync_optimizer,
+        sync_optimizer=sync_optimizer, new_layers_only_steps=new_layers_only_steps,
     )
 
 
@@ -404,10 +434,11 @@ def _loss_terms_of(clone):
     return terms
 
 
-def effective_configuration(opts, spec, net, deploy_config, data_seed, frozen_scopes=()):
+def effective_configuration(opts, spec, net, deploy_config, data_seed, plan=None):
     return {
         "flags": {name: getattr(opts, name) for name in _FLAG_NAMES},
-        "frozen_scopes": list(frozen_scopes),
+        "frozen_scopes": list(plan.frozen_scopes) if plan else [],
+        "new_layers_only_steps": plan.new_layers_only_steps if plan else 0,
         "network": {k: (list(v) if isinstance(v, tuple) else v) for k, v in net.params._asdict().items()},
         "num_anchors": net.num_anchors,
         "deployment": repr(deploy_config),
@@ -430,28 +461,66 @@ def read_configuration(train_dir):
             raise ValueError(f"{path} is not valid JSON ({error}); remove it or use another --train_dir") from None
 
 
-def resolve_frozen_scopes(opts, model_scope):
-    """(scopes not trained, why) for ``--freeze_conv1_conv2``: with ``auto``, conv1 and conv2 when
-    training starts from an ImageNet VGG-16 checkpoint (the paper's recipe), and on resume whatever
-    the resumed run froze (its ``training_config.json``), so that its optimizer state still fits."""
-    early_layers = [f"{model_scope}/conv1", f"{model_scope}/conv2"]
+TrainingPlan = collections.namedtuple("TrainingPlan", ["frozen_scopes", "new_layers_only_steps", "note"])
+TrainingPlan.__doc__ = """What trains when: scopes never trained, the global steps during which only SSD's new layers
+train (0: none), and the start-up line's note saying both."""
+
+
+def resolve_training_plan(opts, model_scope, num_samples=None, images_per_step=None):
+    """The :class:`TrainingPlan` for ``--freeze_conv1_conv2`` and ``--new_layers_only_epochs``.
+
+    By default, training that starts from an ImageNet VGG-16 checkpoint follows the recipe: conv1
+    and conv2 stay frozen (the paper), and only SSD's new layers train for the first
+    ``DEFAULT_NEW_LAYERS_ONLY_EPOCHS`` epochs (a fresh conv6 and extra layers at a high learning
+    rate would otherwise wreck the pretrained conv5 features). A resumed run keeps what it started
+    with (its ``training_config.json``), so that its optimizer state still fits. Every worker of a
+    cluster applies the same rule to the same files, so all train the same variables.
+    ``num_samples`` (images in the training split) and ``images_per_step`` turn epochs into steps.
+    """
+    resuming = bool(opts.train_dir and tf.io.gfile.isdir(opts.train_dir) and tf.train.latest_checkpoint(opts.train_dir))
+    recorded = read_configuration(opts.train_dir) if resuming else {}
+    from_imagenet = False
+    if not resuming and opts.checkpoint_path:
+        checkpoint = checkpoint_init.resolve_checkpoint(opts.checkpoint_path)
+        if checkpoint is not None:
+            names = tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
+            from_imagenet = vgg_checkpoint.is_imagenet_vgg16(names, opts.checkpoint_model_scope or model_scope)
+    start = ("as in the run being resumed" if resuming else
+             "the recipe from ImageNet VGG-16 weights" if from_imagenet else "not starting from ImageNet VGG-16 weights")
+
+    early_layers = ssd_vgg_common.vgg16_base_scopes(model_scope)[:2]
     if opts.freeze_conv1_conv2 != "auto":
-        return (early_layers if opts.freeze_conv1_conv2 == "true" else []), f"--freeze_conv1_conv2={opts.freeze_conv1_conv2}"
-    if opts.train_dir and tf.io.gfile.isdir(opts.train_dir) and tf.train.latest_checkpoint(opts.train_dir):
-        return read_configuration(opts.train_dir).get("frozen_scopes", []), "as in the run being resumed"
-    checkpoint = checkpoint_init.resolve_checkpoint(opts.checkpoint_path) if opts.checkpoint_path else None
-    if checkpoint is not None:
-        names = tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
-        if vgg_checkpoint.is_imagenet_vgg16(names, opts.checkpoint_model_scope or model_scope):
-            return early_layers, "the paper's recipe from ImageNet VGG-16 weights; --freeze_conv1_conv2=false trains them"
-    return [], "not starting from ImageNet VGG-16 weights"
+        frozen, why = (early_layers if opts.freeze_conv1_conv2 == "true" else []), f"--freeze_conv1_conv2={opts.freeze_conv1_conv2}"
+    elif resuming:
+        frozen, why = recorded.get("frozen_scopes", []), start
+    elif from_imagenet:
+        frozen, why = early_layers, "the paper's recipe from ImageNet VGG-16 weights; --freeze_conv1_conv2=false trains them"
+    else:
+        frozen, why = [], start
+    note = (f"frozen (not trained): {', '.join(scope.split('/')[-1] for scope in frozen)} ({why})" if frozen
+            else f"every layer trained ({why})")
 
-
-def describe_frozen_scopes(frozen_scopes, reason):
-    """The start-up line's note on what is trained."""
-    if not frozen_scopes:
-        return f"every layer trained ({reason})"
-    return f"frozen (not trained): {', '.join(scope.split('/')[-1] for scope in frozen_scopes)} ({reason})"
+    epochs = opts.new_layers_only_epochs
+    if epochs is not None and epochs < 0:
+        raise ValueError(f"--new_layers_only_epochs must be >= 0, got {epochs}")
+    if epochs is None and resuming:
+        steps, why = int(recorded.get("new_layers_only_steps", 0)), start
+    else:
+        if epochs is None:
+            epochs = DEFAULT_NEW_LAYERS_ONLY_EPOCHS if from_imagenet else 0.0
+            why = start
+        else:
+            why = "--new_layers_only_epochs"
+        if num_samples is None:  # a dry run without a dataset: say it in epochs
+            if epochs:
+                note += f"; only SSD's new layers train (conv1..conv5 frozen) for the first {epochs:g} epochs ({why})"
+            return TrainingPlan(list(frozen), 0, note)
+        steps = int(round(epochs * lr_lib.steps_per_epoch(num_samples, images_per_step)))
+    if steps:
+        note += (f"; only SSD's new layers train (conv1..conv5 frozen) until global step {steps} "
+                 f"({why}, at --new_layers_learning_rate={opts.new_layers_learning_rate:g}), then the rest at "
+                 f"--learning_rate={opts.learning_rate:g}")
+    return TrainingPlan(list(frozen), steps, note)
 
 
 def initialization_arguments(opts, net):
@@ -497,7 +566,9 @@ def train(opts):
 
     # Every worker of a cluster applies the same rule to the same files, so all train the same variables.
     network = build_network(opts, spec.num_classes)
-    frozen_scopes, frozen_reason = resolve_frozen_scopes(opts, network.name)
+    training_plan = resolve_training_plan(
+        opts, network.name, spec.num_samples,
+        opts.batch_size * deploy_config.num_clones * _replicas_per_step(opts, deploy_config))
     if is_chief:
         logging.info("%s", anchor_coverage.coverage_report(
             network, spec, opts.match_threshold, opts.negative_threshold,
@@ -505,8 +576,9 @@ def train(opts):
 
     graph = tf.Graph()
     with graph.as_default():
-        parts = build_training_graph(opts, spec, deploy_config, data_seed, frozen_scopes)
-        config = effective_configuration(opts, spec, parts.net, deploy_config, data_seed, frozen_scopes)
+        parts = build_training_graph(opts, spec, deploy_config, data_seed, training_plan.frozen_scopes,
+                                     training_plan.new_layers_only_steps)
+        config = effective_configuration(opts, spec, parts.net, deploy_config, data_seed, training_plan)
         path = write_configuration(opts.train_dir, config) if is_chief else "the chief's train_dir"
         logging.info("Training %s on %s/%s (%d images, %d classes incl. background), %d clone(s) x batch %d, "
                      "%d anchors; configuration in %s", parts.net.name, spec.name, spec.split_name, spec.num_samples,
@@ -515,19 +587,31 @@ def train(opts):
         if is_chief:
             plan = checkpoint_init.plan_initialization(opts.train_dir, opts.checkpoint_path,
                                                        **initialization_arguments(opts, parts.net))
-            checkpoint_init.log_plan(plan, note=describe_frozen_scopes(frozen_scopes, frozen_reason))
+            checkpoint_init.log_plan(plan, note=training_plan.note)
             init_fn = checkpoint_init.init_fn_from_plan(plan)
         saver = tf1.train.Saver(max_to_keep=opts.max_to_keep,
                                 keep_checkpoint_every_n_hours=opts.keep_checkpoint_every_n_hours,
                                 write_version=tf1.train.SaverDef.V2)
         # Summaries run inside the chief's train step (see make_train_step_fn), not in a thread of their own.
         summary_writer = tf1.summary.FileWriter(opts.train_dir) if is_chief else None
+        # With two phases each summary op carries its own phase's gradient summaries only.
+        summary_op = _merge_summaries(parts.train.summaries) if is_chief else None
+        first_phase = None
+        if parts.train.first_phase is not None:
+            but = f" (but {', '.join(s.split('/')[-1] for s in training_plan.frozen_scopes)})" \
+                if training_plan.frozen_scopes else ""
+            first_phase = train_op_lib.FirstPhase(
+                parts.new_layers_only_steps, parts.train.first_phase.train_tensor,
+                _merge_summaries(parts.train.first_phase.summaries) if is_chief else None,
+                f"the VGG-16 base{but} starts training, at learning rate {opts.learning_rate:g} after a "
+                f"{opts.warmup_steps}-step warmup")
         train_step_fn = train_op_lib.make_train_step_fn(
             tensors_to_log={"learning_rate": parts.learning_rate, **parts.loss_terms},
             images_per_step=opts.batch_size * deploy_config.num_clones,
-            summary_op=tf1.summary.merge_all() if is_chief else None, summary_writer=summary_writer,
+            summary_op=summary_op, summary_writer=summary_writer,
             save_summaries_secs=opts.save_summaries_secs,
             max_train_seconds=None if opts.max_train_minutes is None else 60.0 * opts.max_train_minutes,
+            first_phase=first_phase,
         )
         if server is not None:
             train_step_fn = lost_cluster_guard.wrap_train_step(train_step_fn)
@@ -550,6 +634,11 @@ def train(opts):
         if server is not None:
             lost_cluster_guard.stop()
         return final_loss
+
+
+def _merge_summaries(extra):
+    summaries_to_merge = tf1.get_collection(tf1.GraphKeys.SUMMARIES) + list(extra)
+    return tf1.summary.merge(summaries_to_merge) if summaries_to_merge else None
 
 
 def _join_cluster(opts, dist, session_config):

@@ -64,7 +64,7 @@ class Inspection:
       num_global_variables: all global variables of the graph built.
       training_graph: whether the whole training graph was built (else the network only).
       checkpoint_shapes: {name: shape} of the checkpoint planned from ({} for scratch).
-      frozen_note: what the trainer trains ("frozen (not trained): conv1, conv2 (...)"), as its start-up line says.
+      training_note: what the trainer trains when, as its start-up line says (TrainingPlan.note).
     """
 
     plan: checkpoint_init.InitializationPlan
@@ -74,7 +74,7 @@ class Inspection:
     num_global_variables: int
     training_graph: bool
     checkpoint_shapes: dict
-    frozen_note: str = ""
+    training_note: str = ""
 
     def checkpoint_status(self):
         """[(checkpoint name, shape, status, network variable or None, network shape or None)] by name."""
@@ -98,7 +98,7 @@ class Inspection:
 
     def startup_line(self):
         """The trainer's start-up line: where it starts and what it trains."""
-        return self.plan.summary_line() + (f"; {self.frozen_note}" if self.frozen_note else "")
+        return self.plan.summary_line() + (f"; {self.training_note}" if self.training_note else "")
 
     def lines(self):
         """The report, one line each (the last is the trainer's start-up line)."""
@@ -170,10 +170,14 @@ def build_network_only(opts, num_classes):
     return net
 
 
-def build_training_graph(opts, frozen_scopes=()):
-    """The trainer's whole training graph for the dataset the options name."""
+def build_training_graph(opts, model_scope):
+    """The trainer's whole training graph for the dataset the options name; returns (net, TrainingPlan)."""
     spec = train_ssd_network.resolve_dataset(opts)
-    return train_ssd_network.build_training_graph(opts, spec, frozen_scopes=frozen_scopes).net
+    plan = train_ssd_network.resolve_training_plan(opts, model_scope, spec.num_samples,
+                                                   opts.batch_size * opts.num_clones)
+    graph = train_ssd_network.build_training_graph(opts, spec, frozen_scopes=plan.frozen_scopes,
+                                                   new_layers_only_steps=plan.new_layers_only_steps)
+    return graph.net, plan
 
 
 def inspect(opts, num_classes=None):
@@ -186,9 +190,12 @@ def inspect(opts, num_classes=None):
       dataset_factory.DatasetError: no usable dataset (whole-graph mode).
     """
     model_scope = nets_factory.get_network(opts.model_name).name
-    frozen_scopes, frozen_reason = train_ssd_network.resolve_frozen_scopes(opts, model_scope)
     with tf.Graph().as_default():
-        net = build_network_only(opts, num_classes) if num_classes else build_training_graph(opts, frozen_scopes)
+        if num_classes:
+            training_plan = train_ssd_network.resolve_training_plan(opts, model_scope)
+            net = build_network_only(opts, num_classes)
+        else:
+            net, training_plan = build_training_graph(opts, model_scope)
         model_variables = {v.op.name: tuple(v.shape.as_list()) for v in slim.get_model_variables()}
         num_global_variables = len(tf1.global_variables())
         arguments = train_ssd_network.initialization_arguments(opts, net)
@@ -207,10 +214,10 @@ def inspect(opts, num_classes=None):
         checkpoint_shapes = {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
     height, width = net.params.img_shape
     description = f"{net.name}, {net.params.num_classes} classes, input {height}x{width}"
-    frozen_note = train_ssd_network.describe_frozen_scopes(frozen_scopes, frozen_reason)
+    training_note = training_plan.note
     return Inspection(plan=plan, error=error, network=description, model_variables=model_variables,
                       num_global_variables=num_global_variables, training_graph=not num_classes,
-                      checkpoint_shapes=checkpoint_shapes, frozen_note=frozen_note)
+                      checkpoint_shapes=checkpoint_shapes, training_note=training_note)
 
 
 def _define_num_classes_flag():

@@ -141,3 +141,16 @@ def _piecewise(global_step, learning_rate, boundaries, values, decay_rate):
         )
     step = tf.cast(global_step, tf.int64)
     return tf1.train.piecewise_constant(step, [tf.constant(b, tf.int64) for b in boundaries], values)
+
+
+def two_phase_learning_rate(global_step, switch_step, first_rate, second_rate, warmup_steps=0):
+    """``first_rate`` before global step ``switch_step``, ``second_rate`` from it on, ramped up
+    linearly over ``warmup_steps`` from the switch (the variables that start training there have
+    fresh optimizer slots: Adam's bias correction, counted from step 0, would make their first
+    updates several times the nominal rate)."""
+    with tf1.name_scope("two_phase_learning_rate"):
+        step = tf.cast(global_step, tf.float32)
+        since_switch = step - float(switch_step)
+        ramp = tf.minimum(since_switch / float(warmup_steps), 1.0) if warmup_steps and warmup_steps > 0 else 1.0
+        rate = tf.where(since_switch < 0.0, first_rate, second_rate * ramp)
+        return tf.identity(tf.cast(rate, tf.float32), name="learning_rate")

@@ -41,6 +41,8 @@ TrainOp = collections.namedtuple(
         "gradient_norm",  # global norm of the averaged gradients before clipping
         "loss_terms",  # {name: tensor} checked by the NaN guard: raw clone losses, regularization, gradient norm
         "moving_average",  # tf.train.ExponentialMovingAverage or None
+        "summaries",  # summaries of this train tensor's own gradients, kept out of SUMMARIES when phased
+        "first_phase",  # a TrainOp (first_phase None) training first_phase_variables only, or None
     ],
 )
 
@@ -136,6 +138,7 @@ def build_train_op(
     variables_to_average=None,
     check_numerics=True,
     summarize_gradients=False,
+    first_phase_variables=None,
 ):
     """Builds the train op for ``clones`` (see the module docstring).
 
@@ -153,6 +156,13 @@ def build_train_op(
       variables_to_average: see ``moving_average_decay``.
       check_numerics: add the NaN/Inf guard.
       summarize_gradients: histograms and norms of the gradients.
+      first_phase_variables: also build ``TrainOp.first_phase``, a second train tensor over the
+        same losses, optimizer (its slots exist for every variable from the start) and moving
+        average that trains only these variables: run it for the first steps of a run (new layers
+        first, then the whole network) and no backward pass reaches the other variables. The
+        gradient summaries of each train tensor then stay out of the ``SUMMARIES`` collection, in
+        its ``summaries`` field, so that a summary op merged for one phase never computes the
+        other phase's gradients.
 
     Returns:
       :class:`TrainOp`.
@@ -163,6 +173,31 @@ def build_train_op(
         regularization_losses = tf1.get_collection(tf1.GraphKeys.REGULARIZATION_LOSSES)
     if variables_to_train is None:
         variables_to_train = tf1.trainable_variables()
+    moving_average = None
+    if moving_average_decay:
+        if variables_to_average is None:
+            variables_to_average = slim.get_model_variables()
+        moving_average = tf1.train.ExponentialMovingAverage(moving_average_decay, num_updates=global_step)
+    phased = bool(first_phase_variables)
+    kwargs = dict(config=config, clones=clones, optimizer=optimizer, global_step=global_step,
+                  regularization_losses=regularization_losses, clip_gradient_norm=clip_gradient_norm,
+                  moving_average=moving_average, variables_to_average=variables_to_average,
+                  check_numerics=check_numerics, summarize_gradients=summarize_gradients, keep_summaries_apart=phased)
+    # The whole-network train tensor first: its apply_gradients creates the optimizer slots of every
+    # trained variable, which the first phase then shares.
+    main = _build_phase(variables_to_train, **kwargs)
+    first = None
+    if phased:
+        with tf1.name_scope("first_phase"):
+            first = _build_phase(first_phase_variables, **kwargs)
+    return main._replace(first_phase=first)
+
+
+def _build_phase(variables_to_train, config, clones, optimizer, global_step, regularization_losses,
+                 clip_gradient_norm, moving_average, variables_to_average, check_numerics, summarize_gradients,
+                 keep_summaries_apart):
+    """One train tensor over ``variables_to_train`` (see :func:`build_train_op`)."""
+    summaries_before = set(tf1.get_collection(tf1.GraphKeys.SUMMARIES))
     first_clone = clones[0]
     update_ops = list(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS, first_clone.scope))
     optimizer_device = config.optimizer_device()
@@ -194,18 +229,20 @@ def build_train_op(
         grads_and_vars = gate_gradients(grads_and_vars, guards)
         apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
         step_ops = [apply_op]
-        moving_average = None
-        if moving_average_decay:
-            if variables_to_average is None:
-                variables_to_average = slim.get_model_variables()
-            moving_average = tf1.train.ExponentialMovingAverage(moving_average_decay, num_updates=global_step)
+        if moving_average is not None:
             # After the step, so the averages follow the updated variables.
             with tf.control_dependencies([apply_op]):
                 step_ops.append(moving_average.apply(variables_to_average))
         update_op = tf.group(*(update_ops + step_ops), name="update_op")
         with tf.control_dependencies([update_op]):
             train_tensor = tf.identity(total_loss, name="train_op")
-    return TrainOp(train_tensor, total_loss, grads_and_vars, gradient_norm, loss_terms, moving_average)
+    own_summaries = []
+    if keep_summaries_apart:
+        collection = tf1.get_collection_ref(tf1.GraphKeys.SUMMARIES)
+        own_summaries = [summary for summary in collection if summary not in summaries_before]
+        collection[:] = [summary for summary in collection if summary in summaries_before]
+    return TrainOp(train_tensor, total_loss, grads_and_vars, gradient_norm, loss_terms, moving_average,
+                   own_summaries, None)
 
 
 def gate_gradients(grads_and_vars, dependencies):
@@ -243,8 +280,14 @@ def describe_nan_guard_error(error):
     )
 
 
+FirstPhase = collections.namedtuple("FirstPhase", ["end_step", "train_tensor", "summary_op", "description"])
+FirstPhase.__doc__ = """What :func:`make_train_step_fn` runs while the global step is below ``end_step``: another
+train tensor (``TrainOp.first_phase.train_tensor``) and its summary op; ``description`` names the switch
+in the log ("the VGG-16 base starts training")."""
+
+
 def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_steps=None, summary_op=None,
-                       summary_writer=None, save_summaries_secs=60, max_train_seconds=None):
+                       summary_writer=None, save_summaries_secs=60, max_train_seconds=None, first_phase=None):
     """A ``train_step_fn`` for ``slim.learning.train`` with the NaN guard's stop and richer logs.
 
     Runs ``train_op`` (with ``tensors_to_log``, a {name: scalar} dict such as loss terms
@@ -263,6 +306,9 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
 
     With ``max_train_seconds``, the step that ends that long after the run's first step started
     asks ``slim.learning.train`` to stop (it then saves a final checkpoint), and says so.
+
+    With ``first_phase`` (a :class:`FirstPhase`), steps that start below its ``end_step`` run its
+    train tensor and summary op instead of ``train_op`` and ``summary_op``; the switch is logged.
     """
     names = list((tensors_to_log or {}).keys())
     tensors = [tensors_to_log[name] for name in names]
@@ -271,23 +317,28 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     first_step_of_run = [True]
     last_summary_time = [None]
     run_start = [None]
+    current_step = [None]
 
     def train_step_fn(session, train_op, global_step, train_step_kwargs):
         start = time.time()
         if run_start[0] is None:
             run_start[0] = start
-        with_summary = summary_op is not None and (
+            current_step[0] = int(session.run(global_step))
+        in_first_phase = first_phase is not None and current_step[0] < first_phase.end_step
+        step_tensor = first_phase.train_tensor if in_first_phase else train_op
+        step_summary = first_phase.summary_op if in_first_phase else summary_op
+        with_summary = step_summary is not None and (
             last_summary_time[0] is None or start - last_summary_time[0] >= save_summaries_secs)
         try:
             try:
-                fetched = session.run([train_op] + tensors + ([summary_op] if with_summary else []))
+                fetched = session.run([step_tensor] + tensors + ([step_summary] if with_summary else []))
             except tf.errors.InvalidArgumentError as error:
                 if not with_summary or describe_nan_guard_error(error) is not None:
                     raise
                 # A histogram of non-finite activations fails the whole run before the guard can
                 # name the bad loss term; the guard held the step back, so run it without summaries.
                 with_summary = False
-                fetched = session.run([train_op] + tensors)
+                fetched = session.run([step_tensor] + tensors)
         except tf.errors.InvalidArgumentError as error:
             message = describe_nan_guard_error(error)
             if message is None:
@@ -300,6 +351,9 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
         total_loss, logged = fetched[0], fetched[1:]
         # Read after the step: fetched with train_op, the step's value could be either side of its increment.
         np_global_step = int(session.run(global_step))
+        current_step[0] = np_global_step
+        if in_first_phase and np_global_step >= first_phase.end_step:
+            logging.info("Global step %d: %s", np_global_step, first_phase.description)
         if with_summary:
             summary_writer.add_summary(summary, np_global_step)
             last_summary_time[0] = start

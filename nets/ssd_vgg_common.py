@@ -30,6 +30,11 @@ with ``stride``, after zero padding ``pad`` on each side (VALID)."""
 VGG16_BLOCKS = (("conv1", 2, 64), ("conv2", 2, 128), ("conv3", 3, 256), ("conv4", 3, 512), ("conv5", 3, 512))
 
 
+def vgg16_base_scopes(model_scope):
+    """The variable scopes of the VGG-16 base (conv1 .. conv5) of an SSD built under ``model_scope``."""
+    return [f"{model_scope}/{block}" for block, _, _ in VGG16_BLOCKS]
+
+
 def _same_size(size, stride):
     return -(-size // stride)
 

@@ -47,8 +47,9 @@ def test_bccd_from_the_imagenet_vgg16_checkpoint_restores_26_variables_and_train
     # "initialised fresh" also counts the optimizer's slots, so it depends on --optimizer; the rest does not.
     assert expected.startswith(f"Initialization: restoring from {vgg16_checkpoint}: 26 restored, 0 skipped (shape "
                                "differs), 0 excluded, 45 missing from checkpoint, "), expected
-    assert expected.endswith(" initialised fresh; frozen (not trained): conv1, conv2 (the paper's recipe from "
-                             "ImageNet VGG-16 weights; --freeze_conv1_conv2=false trains them)"), expected
+    assert " initialised fresh; frozen (not trained): conv1, conv2 (the paper's recipe from ImageNet VGG-16 weights; " \
+        "--freeze_conv1_conv2=false trains them); only SSD's new layers train (conv1..conv5 frozen) until global step " \
+        "584 (the recipe from ImageNet VGG-16 weights" in expected, expected  # 4 epochs of 292 images at batch 2
     assert "  fresh    ssd_300_vgg/conv6/weights [3, 3, 512, 1024] (not in checkpoint as vgg_16/conv6/weights)" \
         in inspected.stdout
 
@@ -57,18 +58,13 @@ def test_bccd_from_the_imagenet_vgg16_checkpoint_restores_26_variables_and_train
     assert SUMMARY.findall(trained.stderr)[0] == expected
     latest = tf.train.latest_checkpoint(train_dir)
     assert latest.endswith("model.ckpt-2")
-    # Two small steps later conv5_3 is still the ImageNet one (restored, not initialised): Adam moves
-    # each weight by about the learning rate (1e-4) a step, a fresh initialisation by its whole size.
+    # Two steps into the new-layers-only phase the VGG-16 base is exactly the ImageNet one (restored,
+    # not initialised, not trained), conv1/conv2 have no optimizer slot at all, and the new layers train.
     reader, imagenet = tf.train.load_checkpoint(latest), tf.train.load_checkpoint(vgg16_checkpoint)
-    trained_weights = reader.get_tensor("ssd_300_vgg/conv5/conv5_3/weights")
-    imagenet_weights = imagenet.get_tensor("vgg_16/conv5/conv5_3/weights")
-    assert np.abs(trained_weights - imagenet_weights).mean() < 0.1 * np.abs(imagenet_weights).mean()
-    assert np.isfinite(reader.get_tensor("ssd_300_vgg/block4_box/conv_cls/weights")).all()
-    # conv1/conv2 are frozen (no gradient, no optimizer slot); conv3 on trains.
-    for layer in ("conv1/conv1_1", "conv2/conv2_2"):
+    for layer in ("conv1/conv1_1", "conv2/conv2_2", "conv3/conv3_1", "conv5/conv5_3"):
         np.testing.assert_array_equal(reader.get_tensor(f"ssd_300_vgg/{layer}/weights"),
                                       imagenet.get_tensor(f"vgg_16/{layer}/weights"))
     assert not any(name.startswith(("ssd_300_vgg/conv1/", "ssd_300_vgg/conv2/")) and "Adam" in name
                    for name in reader.get_variable_to_shape_map())
-    assert not np.array_equal(reader.get_tensor("ssd_300_vgg/conv3/conv3_1/weights"),
-                              imagenet.get_tensor("vgg_16/conv3/conv3_1/weights"))
+    assert reader.get_tensor("ssd_300_vgg/block4_box/conv_cls/weights/Adam").any()
+    assert np.isfinite(reader.get_tensor("ssd_300_vgg/block4_box/conv_cls/weights")).all()

@@ -90,3 +90,17 @@ def test_bad_settings_are_errors():
             lr_lib.configure_learning_rate(step, decay_type="piecewise", boundaries=[10, 5])
         with pytest.raises(ValueError, match="needs learning_rate_boundaries"):
             lr_lib.configure_learning_rate(step, decay_type="piecewise")
+
+
+def test_two_phases_hand_worked():
+    """1e-3 warmed up over 4 steps until step 10; then 5e-5, ramped up over 4 steps from the switch."""
+    steps = [0, 2, 4, 9, 10, 11, 12, 14, 100]
+    with tf.Graph().as_default():
+        step = tf1.placeholder(tf.int64, [])
+        first = lr_lib.configure_learning_rate(step, learning_rate=1e-3, warmup_steps=4)
+        second = lr_lib.configure_learning_rate(step, learning_rate=5e-5)
+        rate = lr_lib.two_phase_learning_rate(step, 10, first, second, warmup_steps=4)
+        with tf1.Session() as session:
+            got = [session.run(rate, {step: s}) for s in steps]
+    expect = [0.0, 5e-4, 1e-3, 1e-3, 0.0, 1.25e-5, 2.5e-5, 5e-5, 5e-5]
+    np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-12)

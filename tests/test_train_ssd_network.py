@@ -193,3 +193,60 @@ def test_summaries_show_the_trained_batch_and_take_none_of_their_own(sample_data
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     tags = _event_tags(str(tmp_path / "summarised"))
     assert any(tag.startswith("ground_truth_images/") for tag in tags) and "Losses/total_loss" in tags
+
+
+def _imagenet_like_vgg16(path):
+    """A conv-only TF-Slim vgg_16 checkpoint (random values, the real shapes): what an ImageNet start looks like."""
+    from nets import ssd_vgg_common
+
+    rng = np.random.default_rng(5)
+    with tf.Graph().as_default():
+        variables, channels_in = [], 3
+        for block, repeats, channels in ssd_vgg_common.VGG16_BLOCKS:
+            for index in range(1, repeats + 1):
+                scale = np.sqrt(2.0 / (9 * channels_in))
+                variables.append(tf1.Variable(rng.normal(0, scale, (3, 3, channels_in, channels)).astype(np.float32),
+                                              name=f"vgg_16/{block}/{block}_{index}/weights"))
+                variables.append(tf1.Variable(np.zeros(channels, np.float32), name=f"vgg_16/{block}/{block}_{index}/biases"))
+                channels_in = channels
+        with tf1.Session() as session:
+            session.run(tf1.global_variables_initializer())
+            return tf1.train.Saver(variables).save(session, path)
+
+
+@pytest.mark.slow
+def test_from_imagenet_new_layers_train_first_then_the_base_and_a_resume_keeps_the_plan(sample_dataset_dir, tmp_path):
+    """Default recipe from an ImageNet VGG-16: conv1/conv2 never train; conv3..conv5 only after the
+    new-layers-only steps (here 2 steps of 4 images, given in epochs of the trainval split), with the
+    switch logged; a resumed run keeps the plan recorded in training_config.json."""
+    imagenet = _imagenet_like_vgg16(str(tmp_path / "imagenet" / "vgg_16.ckpt"))
+    train_dir = tmp_path / "train"
+    trainval = dataset_factory.get_dataset(None, "trainval", sample_dataset_dir).num_samples
+    common = [f"--checkpoint_path={imagenet}", "--checkpoint_model_scope=vgg_16", f"--dataset_dir={sample_dataset_dir}",
+              f"--new_layers_only_epochs={8 / trainval}", "--save_interval_secs=3600"]
+    first, log = _train(train_dir, *common, "--max_number_of_steps=2", env_dir=tmp_path)
+    assert first.returncode == 0, log[-3000:]
+    assert "only SSD's new layers train (conv1..conv5 frozen) until global step 2 (--new_layers_only_epochs" in log
+    assert "frozen (not trained): conv1, conv2 (the paper's recipe" in log
+    assert json.load(open(train_dir / "training_config.json"))["new_layers_only_steps"] == 2
+    after_phase_one = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(train_dir)))
+    start = tf.train.load_checkpoint(imagenet)
+
+    def same(reader, name):
+        return np.array_equal(reader.get_tensor(f"ssd_300_vgg/{name}/weights"), start.get_tensor(f"vgg_16/{name}/weights"))
+
+    assert same(after_phase_one, "conv1/conv1_1") and same(after_phase_one, "conv5/conv5_3")
+    assert "Global step 2: the VGG-16 base (but conv1, conv2) starts training, at learning rate 5e-05" in log
+    # Adam's slots exist for conv3..conv5 from the start (shared by both phases), zero while they are frozen.
+    assert not after_phase_one.get_tensor("ssd_300_vgg/conv5/conv5_3/weights/Adam").any()
+    assert after_phase_one.get_tensor("ssd_300_vgg/conv6/weights/Adam").any()
+
+    # Without the flag: the resumed run takes its plan from training_config.json.
+    resumed_flags = [flag for flag in common if not flag.startswith("--new_layers_only_epochs")]
+    second, log = _train(train_dir, *resumed_flags, "--max_number_of_steps=4", env_dir=tmp_path)
+    assert second.returncode == 0, log[-3000:]
+    assert "until global step 2 (as in the run being resumed" in log
+    final = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(train_dir)))
+    assert int(final.get_tensor("global_step")) == 4
+    assert same(final, "conv1/conv1_1") and same(final, "conv2/conv2_2")
+    assert not same(final, "conv5/conv5_3") and not same(final, "conv3/conv3_1")
