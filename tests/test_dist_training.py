@@ -233,7 +233,7 @@ def test_sync_two_replicas_match_one_machine_with_two_clones_after_one_step(tmp_
     # No summaries: the Supervisor's summary thread would take the first batch(es) of the chief's stream.
     common = [a for a in TINY if not a.startswith(("--checkpoint_path", "--save_summaries_secs"))] + [
         f"--checkpoint_path={init}", "--save_summaries_secs=0", "--augmentation=none", "--optimizer=sgd",
-        "--learning_rate=0.01",
+        "--learning_rate=0.01", "--warmup_steps=0",
         "--max_number_of_steps=1", "--seed=3", "--save_interval_secs=3600"]
     env = dict(os.environ, SSD_TOWERS_CACHE=shared_cache)
     one_machine = subprocess.run(
