@@ -102,8 +102,9 @@ _define("enum", "loss_normalization", "step",
 
 # Optimisation.
 _define("enum", "optimizer", "adam",
-        "Optimizer. Adam at 1e-4 trains stably from scratch or from ImageNet weights; the paper's recipe is "
-        "--optimizer=momentum --learning_rate=0.001 with piecewise decay.", enum_values=list(optimizers.OPTIMIZER_NAMES))
+        "Optimizer. Adam with the default rates follows the recipe in docs/accuracy.md; the paper's schedule is "
+        "--optimizer=momentum --learning_rate=0.001 with piecewise decay and --new_layers_only_epochs=0.",
+        enum_values=list(optimizers.OPTIMIZER_NAMES))
 _define("float", "learning_rate", 0.00005,
         "Learning rate of the whole network (after --new_layers_only_epochs, if any), before decay.")
 _define("float", "new_layers_learning_rate", 0.001,
