@@ -5,6 +5,14 @@ decoders read them and give 3 channels). Everything else is decoded, converted t
 CMYK/YCCK JPEGs and JPEGs whose EXIF orientation is applied (as JPEG, quality 95), palette,
 alpha and 16-bit PNGs and any other format Pillow reads (as PNG, lossless).
 
+Conversions to RGB, per Pillow mode: ``1`` (0 -> 0, 1 -> 255), ``L``, ``LA`` and ``PA``/``P`` (the
+palette colour; alpha dropped, as TensorFlow's 3-channel decoders drop it), ``RGBA``/``RGBX`` (alpha
+dropped), ``CMYK`` ((255 - C) * (255 - K) / 255, likewise for M and Y), ``YCbCr`` (JPEG's
+conversion), and 16-bit grayscale (``I;16``, ``I;16B``, ``I;16L``, and ``I`` with values in
+0..65535) scaled to 8 bits as ``round(v * 255 / 65535)``: converting it as Pillow does would clip
+every value above 255 to white. Floating-point (``F``) and 32-bit integer images beyond 16 bits
+have no defined 8-bit range and are refused with a message.
+
 EXIF orientation rule (boxes follow the image as the annotator saw it). TensorFlow's decoders
 ignore the EXIF orientation tag, so the stored pixels must already be in the orientation the
 boxes refer to. Which orientation the annotator saw is decided by the annotation's own <size>:
@@ -21,6 +29,7 @@ import dataclasses
 import io
 import warnings
 
+import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode to grey
@@ -30,6 +39,8 @@ ORIENTATIONS_SWAPPING_AXES = (5, 6, 7, 8)
 STORED_FORMATS = ("JPEG", "PNG")
 STORED_MODES = ("RGB", "L")
 JPEG_QUALITY = 95
+SIXTEEN_BIT_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+REFUSED_MODES = ("F",)
 
 
 class ImageError(ValueError):
@@ -71,6 +82,14 @@ def _verify_stored(image, path):
     _decode_fully(image, path)
 
 
+def _sixteen_bit_gray_to_8_bit(image, path):
+    values = np.asarray(image).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ImageError(f"{path}: mode {image.mode} pixels outside 0..65535 (from {values.min()} to "
+                         f"{values.max()}) have no defined 8-bit range; save the image with 8 or 16 bits per channel")
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
 def _encode(image, fmt):
     buffer = io.BytesIO()
     if fmt == "JPEG":
@@ -92,11 +111,16 @@ def check_image_bytes(data, path, annotated_size=None):
             raise ImageError(f"{path}: not a readable image ({err})") from None
         fmt = image.format
         raw_size = image.size
+        if image.mode in REFUSED_MODES:
+            raise ImageError(f"{path}: floating-point pixels (mode {image.mode}) have no defined 8-bit range; "
+                             "save the image with 8 or 16 bits per channel")
         orientation = _orientation(image)
         notes = []
         reasons = []
         if fmt not in STORED_FORMATS:
             reasons.append(f"format {fmt} is not JPEG or PNG")
+        if image.mode in SIXTEEN_BIT_GRAY_MODES:
+            reasons.append(f"16-bit grayscale (mode {image.mode}) scaled to 8 bits and converted to RGB")
         elif image.mode not in STORED_MODES:
             reasons.append(f"mode {image.mode} converted to RGB")
         apply_orientation = False
@@ -115,6 +139,8 @@ def check_image_bytes(data, path, annotated_size=None):
         _decode_fully(image, path)
         if apply_orientation:
             image = ImageOps.exif_transpose(image)
+        if image.mode in SIXTEEN_BIT_GRAY_MODES:
+            image = _sixteen_bit_gray_to_8_bit(image, path)
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             image = image.convert("RGBA").convert("RGB")  # alpha dropped, as TensorFlow's decoders do with 3 channels
         elif image.mode != "RGB":

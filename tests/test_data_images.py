@@ -77,6 +77,72 @@ def test_alpha_and_16_bit_pngs_are_converted_to_rgb(mode):
     assert _decode(checked).mode == "RGB" and checked.format == "PNG"
 
 
+def _stored_rgb(data, name):
+    checked = image_checks.check_image_bytes(data, name)
+    return np.asarray(_decode(checked).convert("RGB")).astype(np.int64), checked
+
+
+GRAY = np.arange(48, dtype=np.int64).reshape(6, 8) * 5  # 0..235
+
+
+def _gray3(values):
+    return np.repeat(np.asarray(values, np.int64)[..., None], 3, axis=-1)
+
+
+def _reference_cases():
+    """(name, encoded file, expected RGB pixels as numpy computes them from the documented rules)."""
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (6, 8, 3))
+    alpha = rng.integers(0, 256, (6, 8))
+    sixteen = rng.integers(0, 65536, (6, 8))
+    cmyk = rng.integers(0, 256, (6, 8, 4))
+    bits = rng.integers(0, 2, (6, 8)).astype(bool)
+    palette = rng.integers(0, 256, (16, 3))
+    indices = rng.integers(0, 16, (6, 8))
+    palette_image = Image.fromarray(indices.astype(np.uint8), "P")
+    palette_image.putpalette(palette.astype(np.uint8).ravel().tolist())
+    transparent = palette_image.copy()
+    transparent.info["transparency"] = 3
+    return [
+        ("1", _encode(Image.fromarray(bits), "PNG"), _gray3(bits * 255)),
+        ("L", _encode(Image.fromarray(GRAY.astype(np.uint8)), "PNG"), _gray3(GRAY)),
+        ("LA", _encode(Image.fromarray(np.stack([GRAY, alpha], -1).astype(np.uint8), "LA"), "PNG"), _gray3(GRAY)),
+        ("P", _encode(palette_image, "PNG"), palette[indices]),
+        ("P+transparency", _encode(transparent, "PNG", transparency=3), palette[indices]),
+        ("RGB", _encode(Image.fromarray(rgb.astype(np.uint8)), "PNG"), rgb),
+        ("RGBA", _encode(Image.fromarray(np.concatenate([rgb, alpha[..., None]], -1).astype(np.uint8)), "PNG"), rgb),
+        ("CMYK", _encode(Image.fromarray(cmyk.astype(np.uint8), "CMYK"), "TIFF"),
+         np.round((255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) / 255.0).astype(np.int64)),
+        ("I;16", _encode(Image.fromarray(sixteen.astype(np.uint16)), "PNG"),
+         _gray3(np.round(sixteen * 255 / 65535.0))),
+        ("I", _encode(Image.fromarray(sixteen.astype(np.int32), "I"), "TIFF"), _gray3(np.round(sixteen * 255 / 65535.0))),
+    ]
+
+
+@pytest.mark.parametrize("case", _reference_cases(), ids=lambda case: case[0])
+def test_every_accepted_mode_matches_its_numpy_reference(case):
+    name, data, expected = case
+    stored, checked = _stored_rgb(data, f"{name}.img")
+    assert stored.shape == expected.shape
+    # CMYK goes through Pillow's integer arithmetic: one level of rounding either way.
+    np.testing.assert_allclose(stored, expected, atol=1 if name == "CMYK" else 0)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped_to_white():
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)
+    stored, checked = _stored_rgb(_encode(Image.fromarray(ramp), "PNG"), "depth.png")
+    assert stored.max() < 255 and stored.min() == 0 and len(np.unique(stored)) == 64
+    assert "16-bit grayscale (mode I;16) scaled to 8 bits" in checked.notes[0][1]
+
+
+@pytest.mark.parametrize("mode, values", [("F", np.full((4, 4), 0.5, np.float32)),
+                                          ("I", np.full((4, 4), 70000, np.int32))])
+def test_images_without_a_defined_8_bit_range_are_refused(mode, values):
+    with pytest.raises(image_checks.ImageError, match="no defined 8-bit range") as error:
+        image_checks.check_image_bytes(_encode(Image.fromarray(values, mode), "TIFF"), "odd.tif")
+    assert "odd.tif" in str(error.value)
+
+
 def test_other_formats_are_re_encoded_as_png():
     pixels = _pixels(12, 9)
     checked = image_checks.check_image_bytes(_encode(Image.fromarray(pixels), "BMP"), "a.bmp")
