@@ -178,6 +178,8 @@ def clip_and_normalize(obj, width, height, class_ids, annotation_path):
     """Returns ((ymin, xmin, ymax, xmax) relative, class id) or None, and the problems found."""
     problems = [report.Problem(annotation_path, field, report.FIXED, "flag value", message) for field, message in obj.problems
                 if field.endswith(("/difficult", "/truncated"))]
+    problems += [report.Problem(annotation_path, field, report.FIXED, "class name", message)
+                 for field, message in obj.problems if field.endswith("/name")]
     coordinate_problems = [(field, message) for field, message in obj.problems if "/bndbox" in field]
     if coordinate_problems:
         field, message = coordinate_problems[0]

@@ -1,4 +1,13 @@
-"""Label maps in TF-Slim's `labels.txt` format: one `id:name` per line, 0 is the background."""
+"""Label maps in TF-Slim's `labels.txt` format: one `id:name` per line, 0 is the background.
+
+Class names are normalised wherever they enter (annotations, label map files): control and format
+characters, line and paragraph separators and runs of white space become one space, and the ends
+are stripped. A name with a newline or a vertical tab would otherwise split its `labels.txt` line,
+and the file would read back to other classes than the ones written.
+"""
+
+import re
+import unicodedata
 
 BACKGROUND_ID = 0
 BACKGROUND_NAME = "none"  # SSD-Tensorflow's name for class 0
@@ -7,6 +16,16 @@ LABELS_FILENAME = "labels.txt"
 
 class LabelMapError(ValueError):
     """The label map file is malformed."""
+
+
+_SPACE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Zs")
+
+
+def normalize_class_name(name):
+    """``name`` with every control, format or separator character (and runs of them) as one space,
+    stripped: ``'red\ncell'`` -> ``'red cell'``."""
+    spaced = "".join(" " if unicodedata.category(ch) in _SPACE_CATEGORIES else ch for ch in name)
+    return re.sub(" +", " ", spaced).strip()
 
 
 def read_label_map(path):
@@ -19,7 +38,7 @@ def read_label_map(path):
     names_by_id = {}
     next_id = 1
     with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+        lines = f.read().split("\n")  # only newlines end a line: str.splitlines would also split at \v, \f, ...
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -27,9 +46,9 @@ def read_label_map(path):
         where = f"{path}, line {number}"
         head, sep, tail = line.partition(":")
         if sep and head.strip().lstrip("-").isdigit():
-            class_id, name = int(head.strip()), tail.strip()
+            class_id, name = int(head.strip()), normalize_class_name(tail)
         else:
-            class_id, name = next_id, line
+            class_id, name = next_id, normalize_class_name(line)
         if not name:
             raise LabelMapError(f"{where}: empty class name")
         if class_id == BACKGROUND_ID:

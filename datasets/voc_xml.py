@@ -15,6 +15,8 @@ import math
 import xml.etree.ElementTree as ElementTree
 from xml.parsers import expat
 
+from datasets import label_map
+
 MAX_XML_BYTES = 16 * 1024 * 1024  # a real annotation is a few kB; refuse to buffer absurd files
 
 
@@ -155,6 +157,11 @@ def parse_annotation(data):
         field = f"object[{index}]"
         object_problems = []
         name = _text(element, "name")
+        if name:
+            normalized = label_map.normalize_class_name(name)
+            if normalized != name:
+                object_problems.append((f"{field}/name", f"class name {name!r} normalised to {normalized!r}"))
+                name = normalized
         bndbox = element.find("bndbox")
         coordinates = [_parse_coordinate(bndbox, tag, field, object_problems) for tag in ("xmin", "ymin", "xmax", "ymax")]
         objects.append(

@@ -386,3 +386,28 @@ def test_clip_and_normalize_matches_a_numpy_reference(box, size):
     assert class_id == 1 and all(0.0 <= v <= 1.0 for v in relative)
     was_clipped = not np.array_equal([xmin, ymin, xmax, ymax], box)
     assert [p.reason for p in problems] == (["box outside image"] if was_clipped else [])
+
+
+def test_class_names_with_control_characters_are_normalised_and_read_back_the_same(tmp_path, read_split):
+    """A newline, a next-line (U+0085) or a line separator (U+2028) inside <name>, all legal in XML,
+    would split its labels.txt line (str.splitlines splits at each)."""
+    from datasets import label_map
+
+    root = tmp_path / "names"
+    root.mkdir()
+    names = ["red\ncell", "red cell", "plate\x85let", "white\u2028\tcell ", "plate let"]
+    for index, name in enumerate(names):
+        _save(_image(seed=index), root / f"img{index}.jpg", "JPEG")
+        (root / f"img{index}.xml").write_bytes(_xml(f"img{index}.jpg", [(name, (10, 5, 60, 45))]))
+    result = converter.convert([str(root)], str(tmp_path / "out"), "names",
+                               converter.ConversionOptions(splits=("train",)))
+    expected = {1: "plate let", 2: "red cell", 3: "white cell"}
+    assert {int(k): v for k, v in result.info["classes"].items() if int(k)} == expected
+    assert label_map.read_label_map(str(tmp_path / "out" / "labels.txt")) == expected
+    written = json.loads((tmp_path / "out" / "dataset_info.json").read_text())["classes"]
+    assert {int(k): v for k, v in written.items() if int(k)} == expected
+    fixed = [p for p in result.problems if p.reason == "class name"]
+    assert len(fixed) == 3 and all(p.action == report.FIXED and p.field.endswith("/name") for p in fixed)
+    assert any("'red\\ncell' normalised to 'red cell'" in p.message for p in fixed)
+    labels = sorted(int(e["labels"][0]) for e in read_split(tmp_path / "out", "train")[1])
+    assert labels == [1, 1, 2, 2, 3]

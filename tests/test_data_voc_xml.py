@@ -150,3 +150,16 @@ def test_label_map_round_trips_and_ids_from_names_are_sorted(tmp_path):
     label_map.write_label_map(path, names_by_id)
     assert path.read_text().splitlines()[0] == "0:none"
     assert label_map.read_label_map(path) == names_by_id
+
+
+def test_class_names_are_normalised_in_label_maps_and_annotations(tmp_path):
+    assert label_map.normalize_class_name(" red\n\tcell\u2028 x\x00y ") == "red cell x y"
+    path = tmp_path / "labels.txt"
+    path.write_text("0:none\n1:red\x0bcell\n2:white\x0ccell\r\n", encoding="utf-8")  # \v and \f: no new lines
+    assert label_map.read_label_map(path) == {1: "red cell", 2: "white cell"}
+    annotation = voc_xml.parse_annotation(
+        b"<annotation><object><name>red\ncell</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax>"
+        b"<ymax>5</ymax></bndbox></object></annotation>")
+    obj = annotation.objects[0]
+    assert obj.name == "red cell"
+    assert ("object[0]/name", "class name 'red\\ncell' normalised to 'red cell'") in obj.problems
