@@ -110,9 +110,9 @@ def _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split
     for item, (annotation, error) in zip(items, parsed):
         key = os.path.realpath(item.annotation_path)
         if key in seen_annotations:
-            problems.append(report.Problem(item.annotation_path, "id", report.SKIPPED_IMAGE, "duplicate id",
+            problems.append(report.Problem(item.annotation_path, "id", report.WARNING, "duplicate id",
                                            f"{item.source_id}: this annotation is already in split '{item.split}' "
-                                           "(its id is listed twice, or its root is given twice)"))
+                                           "(its id is listed twice, or its root is given twice); kept once"))
             continue
         seen_annotations.add(key)
         if error is not None:
@@ -120,10 +120,18 @@ def _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split
             problems.append(report.Problem(item.annotation_path, field, report.SKIPPED_IMAGE, reason, message))
             continue
         try:
-            image_path = indexes[item.root_index].resolve(item.annotation_path, annotation.filename, item.id_stem)
+            image_path = indexes[item.root_index].resolve(item.annotation_path, annotation.filename, item.id_stem,
+                                                          id_first=item.id_names_image)
         except LookupError as err:
             problems.append(report.Problem(item.annotation_path, "filename", report.SKIPPED_IMAGE, "missing image", str(err)))
             continue
+        if (item.id_names_image and annotation.filename
+                and sources.filename_stem(annotation.filename) != item.id_stem
+                and sources.filename_stem(os.path.basename(image_path)) == item.id_stem):
+            problems.append(report.Problem(item.annotation_path, "filename", report.WARNING, "filename mismatch",
+                                           f"<filename> {annotation.filename!r} names another image than the id "
+                                           f"{item.id_stem!r}; the id names the image in the VOC layout: {image_path} "
+                                           "kept with these boxes"))
         image_key = os.path.realpath(image_path)
         first = seen_images_by_split[item.split].get(image_key)
         if first is not None:

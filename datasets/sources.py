@@ -2,6 +2,8 @@
 
 - VOC layout: `Annotations/<id>.xml`, `JPEGImages/<id>.<ext>`, `ImageSets/Main/<split>.txt`.
   A root without a requested split's file contributes nothing to it (VOC2012 has no test split).
+  The id names the image: the XML's <filename> is used only when no image has the id's name (a
+  <filename> naming another image, a common labelImg leftover after renaming, is reported).
 - labelImg folders (anything else): every `*.xml` under the root, the image next to it or anywhere
   under the root (by the XML's <filename>, else by the XML's name), extensions in any case. There are
   no split files: the images are split by a seeded shuffle of their sorted paths, reproducibly.
@@ -27,6 +29,7 @@ class AnnotatedItem:
     annotation_path: str
     root_index: int
     id_stem: str  # the image id: the split-file entry (VOC) or the XML's name without extension
+    id_names_image: bool = False  # VOC layout: the id, not <filename>, says which image is annotated
 
 
 def is_image_name(name):
@@ -50,13 +53,14 @@ class ImageIndex:
                     stem = os.path.splitext(name)[0]
                     self.by_stem.setdefault(stem, []).append(os.path.join(directory, name))
 
-    def resolve(self, annotation_path, annotated_filename, id_stem):
-        """Returns the image path, or raises LookupError with the reason."""
+    def resolve(self, annotation_path, annotated_filename, id_stem, id_first=False):
+        """Returns the image path, or raises LookupError with the reason. The image is looked up by
+        <filename> then by the id, or by the id first with ``id_first`` (VOC layout)."""
         wanted_name = os.path.basename(annotated_filename.replace("\\", "/")) if annotated_filename else None
         stems = []
         if wanted_name:
-            stems.append(os.path.splitext(wanted_name)[0] if is_image_name(wanted_name) else wanted_name)
-        stems.append(id_stem)
+            stems.append(filename_stem(wanted_name))
+        stems.insert(0 if id_first else len(stems), id_stem)
         for stem in dict.fromkeys(stems):
             candidates = self.by_stem.get(stem, [])
             if len(candidates) == 1:
@@ -72,6 +76,13 @@ class ImageIndex:
                     return chosen[0]
             raise LookupError(f"several images could be meant: {', '.join(candidates)}")
         raise LookupError(f"no image file found for <filename> {annotated_filename!r} or id {id_stem!r}")
+
+
+def filename_stem(filename):
+    """The image stem an annotation's <filename> names ('a/b/x.JPG' -> 'x'; a name without an image
+    extension is taken whole)."""
+    name = os.path.basename(filename.replace("\\", "/"))
+    return os.path.splitext(name)[0] if is_image_name(name) else name
 
 
 def _listdir(folder):
@@ -107,7 +118,7 @@ def _voc_split_items(root, root_index, label, split, problems):
                                                f"{image_id!r} is not a plain image id"))
                 continue
             items.append(AnnotatedItem(split, f"{label}/{image_id}", os.path.join(root, "Annotations", f"{image_id}.xml"),
-                                       root_index, image_id))
+                                       root_index, image_id, id_names_image=True))
     return items
 
 
@@ -152,7 +163,8 @@ def discover(roots, splits, test_fraction=0.2, split_seed=0):
     indexes, problems, layouts = [], [], {}
     for root_index, (root, label) in enumerate(zip(roots, root_labels(roots))):
         if not os.path.isdir(root):
-            raise SourceError(f"dataset directory {root} does not exist")
+            what = "is a file, not a directory" if os.path.exists(root) else "does not exist"
+            raise SourceError(f"dataset directory {root} {what}")
         if is_voc_root(root):
             layouts[root] = "voc"
             indexes.append(ImageIndex(os.path.join(root, "JPEGImages"), recursive=False))

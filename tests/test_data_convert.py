@@ -169,8 +169,10 @@ def test_corpus_skips_each_bad_image_with_its_reason(corpus_conversion):
     for image_id, reason in corpus.skipped.items():
         matches = [r for f, r in skipped.items() if os.path.splitext(os.path.basename(f))[0] == image_id]
         assert matches == [reason], (image_id, skipped)
-    assert [p.reason for p in result.problems if p.action == report.SKIPPED_IMAGE].count("duplicate id") == 1
-    assert len(skipped) == len(corpus.skipped) + 1
+    # The id listed twice is a warning: its image is kept once, nothing is skipped.
+    assert [p.reason for p in result.problems if p.action == report.WARNING].count("duplicate id") == 1
+    assert "duplicate id" not in [p.reason for p in result.problems if p.action == report.SKIPPED_IMAGE]
+    assert len(skipped) == len(corpus.skipped)
 
 
 def test_corpus_drops_clips_and_fixes_with_file_and_field(corpus_conversion):
@@ -205,10 +207,10 @@ def test_summary_and_report_file_agree_with_the_result(corpus_conversion):
     assert saved["summary"][report.SKIPPED_IMAGE]["unsafe XML"] == 2
     text = open(os.path.join(result.output_dir, report.REPORT_TEXT)).read()
     assert f"trainval: {len(corpus.expected)} images in 2 shards" in text
-    assert "skipped image: 8 (" in text and "bomb.xml" in text
+    assert "skipped image: 7 (" in text and "bomb.xml" in text  # the duplicate id is a warning, kept once
     with open(os.path.join(result.output_dir, converter.DATASET_INFO)) as f:
         info = json.load(f)
-    assert info["skipped_images"] == 8 and info["num_classes"] == 3
+    assert info["skipped_images"] == 7 and info["num_classes"] == 3
     assert info["splits"]["trainval"]["objects_per_class"] == {"dog": 8, "cat": 5}
     assert open(os.path.join(result.output_dir, "labels.txt")).read() == "0:none\n1:dog\n2:cat\n"
 
@@ -293,7 +295,8 @@ def test_the_same_root_twice_is_reported_as_duplicates(tmp_path):
     result = converter.convert([root, root], str(tmp_path / "out"), "twice",
                                converter.ConversionOptions(splits=("trainval",)))
     assert result.num_images == 4
-    assert [p.reason for p in result.problems] == ["duplicate id"] * 4
+    assert [(p.action, p.reason) for p in result.problems] == [(report.WARNING, "duplicate id")] * 4
+    assert all(p.message.endswith("kept once") for p in result.problems)
 
 
 def test_reconverting_replaces_old_shards_and_refuses_another_dataset(tmp_path):
@@ -411,3 +414,29 @@ def test_class_names_with_control_characters_are_normalised_and_read_back_the_sa
     assert any("'red\\ncell' normalised to 'red cell'" in p.message for p in fixed)
     labels = sorted(int(e["labels"][0]) for e in read_split(tmp_path / "out", "train")[1])
     assert labels == [1, 1, 2, 2, 3]
+
+
+def test_voc_id_names_the_image_even_when_filename_names_another(tmp_path, read_split):
+    """labelImg leftover after renaming: a.xml says <filename>b.jpg</filename>. In the VOC layout the id
+    names the image: a.jpg keeps a.xml's boxes (a warning says so), b.jpg keeps its own."""
+    root = tmp_path / "voc"
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True)
+    for index, (image_id, named, box) in enumerate([("a", "b.jpg", (10, 5, 60, 45)), ("b", "b.jpg", (1, 2, 30, 40))]):
+        _save(_image(seed=index), root / "JPEGImages" / f"{image_id}.jpg", "JPEG")
+        (root / "Annotations" / f"{image_id}.xml").write_bytes(_xml(named, [("cell", box)]))
+    (root / "ImageSets" / "Main" / "trainval.txt").write_text("a\nb\n")
+    result = converter.convert([str(root)], str(tmp_path / "out"), "ids", converter.ConversionOptions(splits=("trainval",)))
+    assert result.num_images == 2 and result.count(report.SKIPPED_IMAGE) == 0
+    [mismatch] = [p for p in result.problems if p.reason == "filename mismatch"]
+    assert mismatch.action == report.WARNING and mismatch.file.endswith("a.xml") and "'b.jpg'" in mismatch.message
+    examples = {e["filename"].decode(): e for e in read_split(tmp_path / "out", "trainval")[1]}
+    np.testing.assert_allclose(examples["voc/JPEGImages/a.jpg"]["boxes"], [_relative((10, 5, 60, 45))], atol=1e-6)
+    np.testing.assert_allclose(examples["voc/JPEGImages/b.jpg"]["boxes"], [_relative((1, 2, 30, 40))], atol=1e-6)
+
+
+def test_a_dataset_dir_that_is_a_file_is_named_as_such(tmp_path):
+    path = tmp_path / "not_a_dir.txt"
+    path.write_text("x")
+    with pytest.raises(converter.sources.SourceError, match="is a file, not a directory"):
+        converter.convert([str(path)], str(tmp_path / "out"), "x")
