@@ -59,6 +59,9 @@ def build_parser():
                         help=f"shards per split; 0 (default): one per {converter.IMAGES_PER_SHARD} images")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes; default: the number of CPU cores (%(default)s)")
+    parser.add_argument("--keep_incomplete_images", action="store_true",
+                        help="keep JPEGs whose scan data ends early (the decoder fills the rest with grey), with a "
+                             "warning in the report, instead of skipping them")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 if any image or object was skipped (the output is still written)")
     return parser
@@ -79,6 +82,7 @@ def main(argv=None):
         shuffle_seed=args.shuffle_seed,
         num_shards=args.num_shards,
         num_workers=args.num_workers,
+        keep_incomplete_images=args.keep_incomplete_images,
     )
     try:
         result = converter.convert(args.dataset_dir, args.output_dir, args.output_name, options)

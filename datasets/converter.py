@@ -49,6 +49,7 @@ class ConversionOptions:
     shuffle_seed: int = 0
     num_shards: int = 0  # per split; 0 chooses ceil(images / IMAGES_PER_SHARD)
     num_workers: int = 1
+    keep_incomplete_images: bool = False  # keep JPEGs whose scan ends early (grey remainder), with a warning
 
 
 @dataclasses.dataclass
@@ -213,18 +214,25 @@ def clip_and_normalize(obj, width, height, class_ids, annotation_path):
     return ((ymin / height, xmin / width, ymax / height, xmax / width), class_ids[obj.name]), problems
 
 
+# image_checks note field -> (action, reason) in the report.
+_IMAGE_NOTES = {
+    "image": (report.FIXED, "image re-encoded"),
+    "exif/orientation": (report.WARNING, "EXIF orientation ignored"),
+    "image/incomplete": (report.WARNING, "incomplete image kept"),
+}
+
+
 def _convert_image_task(task):
-    pending, class_ids = task
+    pending, class_ids, keep_incomplete = task
     annotation, path = pending.annotation, pending.item.annotation_path
     try:
         annotated_size = (annotation.width, annotation.height) if annotation.width else None
         try:
-            image = image_checks.read_and_check_image(pending.image_path, annotated_size)
+            image = image_checks.read_and_check_image(pending.image_path, annotated_size, keep_incomplete)
         except image_checks.ImageError as err:
             return None, [report.Problem(pending.image_path, "image", report.SKIPPED_IMAGE, "unreadable image", str(err))], None
         problems = [report.Problem(path, field, report.FIXED, "size from image", message) for field, message in annotation.problems]
-        problems += [report.Problem(pending.image_path, field, report.FIXED if field == "image" else report.WARNING,
-                                    "image re-encoded" if field == "image" else "EXIF orientation ignored", message)
+        problems += [report.Problem(pending.image_path, field, *_IMAGE_NOTES[field], message)
                      for field, message in image.notes]
         if annotated_size and annotated_size != (image.width, image.height):
             problems.append(report.Problem(path, "size", report.FIXED, "size from image",
@@ -293,7 +301,7 @@ def _write_split(pool, name, split, pending, class_ids, names_by_id, options, te
     written = num_objects = num_difficult = without_objects = 0
     progress = _Progress(f"{name}/{split}", len(ordered), log)
     try:
-        tasks = ((p, class_ids) for p in ordered)
+        tasks = ((p, class_ids, options.keep_incomplete_images) for p in ordered)
         for serialized, image_problems, stats in _map(pool, _convert_image_task, tasks, chunksize=4):
             problems.extend(image_problems)
             progress.step()

@@ -23,6 +23,15 @@ boxes refer to. Which orientation the annotator saw is decided by the annotation
   the dimensions so the size cannot tell) the annotator is taken to have seen the image as
   EXIF-aware viewers, phones, browsers and most annotation tools (CVAT, LabelMe) display it:
   the orientation is applied to the pixels and the image is re-encoded without the tag.
+
+Incomplete JPEG scans: a file cut short and closed with an end-of-image marker (or with such a
+marker in the middle of its scan) decodes without an error: libjpeg fills the missing blocks with
+grey and only warns, and neither Pillow nor TensorFlow report that warning. So the bytes before
+the end-of-image marker are decoded twice, followed by two different random paddings: a complete
+scan never reads past its last block, and both decodes are identical; an incomplete one decodes
+the padding as image data, and they differ. A progressive JPEG must also have a complete scan script
+(every coefficient of every component refined to full precision). An incomplete image is skipped,
+or kept with a warning (``keep_incomplete=True``).
 """
 
 import dataclasses
@@ -82,6 +91,97 @@ def _verify_stored(image, path):
     _decode_fully(image, path)
 
 
+_SEQUENTIAL_SOF = (0xC0, 0xC1)
+_PROGRESSIVE_SOF = (0xC2,)
+_STANDALONE_MARKERS = {0x01, 0xD8} | set(range(0xD0, 0xD8))
+
+
+def _jpeg_structure(data):
+    """(end-of-image offset or None, frame marker, components, [(component ids, Ss, Se, Ah, Al)] per scan)
+    of a JPEG's marker stream; raises ValueError if the markers cannot be followed."""
+    position, frame, components, scans = 2, None, 0, []
+    while position + 2 <= len(data):
+        if data[position] != 0xFF:
+            raise ValueError(f"no marker at byte {position}")
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0xD9:
+            return position, frame, components, scans
+        if marker in _STANDALONE_MARKERS:
+            position += 2
+            continue
+        if position + 4 > len(data):
+            break
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        segment = data[position + 4:position + 2 + length]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            frame, components = marker, segment[5] if len(segment) > 5 else 0
+        position += 2 + length
+        if marker == 0xDA:
+            count = segment[0]
+            ids = tuple(segment[1 + 2 * i] for i in range(count))
+            spectral = segment[1 + 2 * count:4 + 2 * count]
+            if len(spectral) == 3:
+                scans.append((ids, spectral[0], spectral[1], spectral[2] >> 4, spectral[2] & 0x0F))
+            # Entropy-coded data runs to the next marker that is neither a stuffed 0xFF00 nor a restart.
+            while True:
+                position = data.find(b"\xff", position)
+                if position < 0 or position + 1 >= len(data):
+                    return None, frame, components, scans
+                following = data[position + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:
+                    position += 2
+                    continue
+                break
+    return None, frame, components, scans
+
+
+def _progressive_scans_complete(components, scans):
+    """Whether the scans refine every coefficient (0..63) of every component down to Al = 0."""
+    finished = {}
+    for ids, start, end, _, low_bit in scans:
+        if low_bit == 0:
+            for component in ids:
+                finished.setdefault(component, set()).update(range(start, end + 1))
+    return len(finished) == components and all(coefficients == set(range(64)) for coefficients in finished.values())
+
+
+# Decoded after the bytes before the end-of-image marker: a complete scan never reads them. Random
+# bytes (no 0xFF, which would start a marker) decode as image data where a scan is cut; a constant
+# padding can decode exactly like libjpeg's grey fill (zeros do), hiding the cut.
+_PADDINGS = tuple(bytes(np.random.default_rng(seed).integers(0, 255, 256, dtype=np.uint8)) for seed in (1, 2))
+
+
+def _decode_padded(data, end, padding):
+    # At full scale: a reduced-size (DC-only) decode can miss a difference confined to one block's AC terms.
+    image = Image.open(io.BytesIO(data[:end] + padding + b"\xff\xd9"))
+    image.load()
+    return image.tobytes()
+
+
+def check_jpeg_scans(data):
+    """``(why the JPEG's scan data is incomplete or None, whether its whole scan was decoded here)``;
+    see the module docstring."""
+    try:
+        end, frame, components, scans = _jpeg_structure(data)
+    except (ValueError, IndexError):
+        return None, False  # markers Pillow itself will judge
+    if end is None or frame not in _SEQUENTIAL_SOF + _PROGRESSIVE_SOF:
+        return None, False  # no end-of-image marker (a cut file: the full decode refuses it), or a rare coding
+    if frame in _PROGRESSIVE_SOF and not _progressive_scans_complete(components, scans):
+        return f"its progressive scans end early (end-of-image marker at byte {end} of {len(data)})", False
+    try:
+        complete = _decode_padded(data, end, _PADDINGS[0]) == _decode_padded(data, end, _PADDINGS[1])
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        complete = False
+    if not complete:
+        return (f"its scan data ends early (end-of-image marker at byte {end} of {len(data)}); "
+                "the rest would be grey"), False
+    return None, True
+
+
 def _sixteen_bit_gray_to_8_bit(image, path):
     values = np.asarray(image).astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > 65535):
@@ -99,8 +199,9 @@ def _encode(image, fmt):
     return buffer.getvalue()
 
 
-def check_image_bytes(data, path, annotated_size=None):
-    """Checks image bytes read from `path`; `annotated_size` is the annotation's (width, height) or None."""
+def check_image_bytes(data, path, annotated_size=None, keep_incomplete=False):
+    """Checks image bytes read from `path`; `annotated_size` is the annotation's (width, height) or None.
+    An incomplete JPEG is refused, or kept with a note in ``image/incomplete`` with ``keep_incomplete``."""
     if not data:
         raise ImageError(f"{path}: file is empty")
     with warnings.catch_warnings():
@@ -116,6 +217,14 @@ def check_image_bytes(data, path, annotated_size=None):
                              "save the image with 8 or 16 bits per channel")
         orientation = _orientation(image)
         notes = []
+        scan_decoded = False
+        if fmt == "JPEG":
+            incomplete, scan_decoded = check_jpeg_scans(data)
+            if incomplete and not keep_incomplete:
+                raise ImageError(f"{path}: incomplete JPEG: {incomplete} (re-export the image, or convert with "
+                                 "--keep_incomplete_images to keep it as decoded)")
+            if incomplete:
+                notes.append(("image/incomplete", f"incomplete JPEG kept as decoded: {incomplete}"))
         reasons = []
         if fmt not in STORED_FORMATS:
             reasons.append(f"format {fmt} is not JPEG or PNG")
@@ -134,7 +243,8 @@ def check_image_bytes(data, path, annotated_size=None):
                 apply_orientation = True
                 reasons.append(f"EXIF orientation {orientation} applied to the pixels")
         if not reasons:
-            _verify_stored(image, path)
+            if not scan_decoded:
+                _verify_stored(image, path)
             return CheckedImage(data, fmt, raw_size[0], raw_size[1], notes)
         _decode_fully(image, path)
         if apply_orientation:
@@ -150,11 +260,11 @@ def check_image_bytes(data, path, annotated_size=None):
         return CheckedImage(_encode(image, out_format), out_format, image.width, image.height, notes)
 
 
-def read_and_check_image(path, annotated_size=None):
+def read_and_check_image(path, annotated_size=None, keep_incomplete=False):
     """Reads and checks an image file; raises ImageError if it is missing, unreadable or truncated."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as err:
         raise ImageError(f"{path}: cannot read file ({err.strerror or err})") from None
-    return check_image_bytes(data, path, annotated_size)
+    return check_image_bytes(data, path, annotated_size, keep_incomplete)

@@ -440,3 +440,28 @@ def test_a_dataset_dir_that_is_a_file_is_named_as_such(tmp_path):
     path.write_text("x")
     with pytest.raises(converter.sources.SourceError, match="is a file, not a directory"):
         converter.convert([str(path)], str(tmp_path / "out"), "x")
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_jpeg_cut_short_is_skipped_or_kept_with_a_warning(tmp_path, keep):
+    root = tmp_path / "shots"
+    root.mkdir()
+    for index in range(3):
+        _save(_image(seed=index), root / f"img{index}.jpg", "JPEG")
+        (root / f"img{index}.xml").write_bytes(_xml(f"img{index}.jpg", [("cell", (10, 5, 60, 45))]))
+    whole = (root / "img1.jpg").read_bytes()
+    (root / "img1.jpg").write_bytes(whole[: len(whole) * 2 // 3] + b"\xff\xd9")  # decodes, grey at the bottom
+    result = converter.convert([str(root)], str(tmp_path / "out"), "cut", converter.ConversionOptions(
+        splits=("train",), keep_incomplete_images=keep))
+    [problem] = [p for p in result.problems if p.file.endswith("img1.jpg")]
+    if keep:
+        assert result.num_images == 3 and (problem.action, problem.reason) == (report.WARNING, "incomplete image kept")
+    else:
+        assert result.num_images == 2 and (problem.action, problem.reason) == (report.SKIPPED_IMAGE, "unreadable image")
+        assert "incomplete JPEG: its scan data ends early" in problem.message
+    # The command line: the flag reaches the converter; --strict fails only when the image was skipped.
+    flags = [f"--dataset_dir={root}", f"--output_dir={tmp_path / 'cli'}", "--splits=train", "--num_workers=1",
+             "--strict"] + (["--keep_incomplete_images"] if keep else [])
+    assert tf_convert_data.main(flags) == (0 if keep else 1)
+    info = json.loads((tmp_path / "cli" / converter.DATASET_INFO).read_text())
+    assert info["splits"]["train"]["num_images"] == (3 if keep else 2), info

@@ -191,3 +191,49 @@ def test_empty_missing_and_non_image_files_are_refused(tmp_path):
         image_checks.check_image_bytes(b"this is text, not pixels", "t.jpg")
     with pytest.raises(image_checks.ImageError, match="cannot read file"):
         image_checks.read_and_check_image(str(tmp_path / "missing.jpg"))
+
+
+def _jpeg(progressive=False, seed=0):
+    return _encode(Image.fromarray(_pixels(64, 48, seed)), "JPEG", quality=90, progressive=progressive)
+
+
+def _cut_with_end_marker(data, fraction=0.6):
+    """A JPEG cut inside its scan data and closed with an end-of-image marker: it decodes, grey below."""
+    return data[: int(len(data) * fraction)] + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_complete_jpegs_pass_the_scan_check(progressive):
+    data = _jpeg(progressive)
+    assert image_checks.check_jpeg_scans(data)[0] is None
+    assert image_checks.check_image_bytes(data, "ok.jpg").encoded is data
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_every_cut_inside_the_scan_data_is_found(progressive):
+    data = _jpeg(progressive, seed=7)
+    end = len(data) - 2  # the encoder's own end-of-image marker
+    for cut in np.linspace(0.2 * len(data), end - 1, 25).astype(int):
+        damaged = data[:cut] + b"\xff\xd9"
+        # Cut inside scan data: "incomplete JPEG"; inside a table between scans: "cannot be decoded".
+        with pytest.raises(image_checks.ImageError, match="incomplete JPEG|cannot be decoded"):
+            image_checks.check_image_bytes(damaged, f"cut at byte {cut} of {len(data)}")
+
+
+@pytest.mark.parametrize("progressive, fraction", [(False, 0.6), (False, 0.995), (True, 0.3), (True, 0.97)])
+def test_a_scan_that_ends_early_is_refused_or_kept_with_a_warning(progressive, fraction):
+    data = _cut_with_end_marker(_jpeg(progressive), fraction)
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))  # Pillow itself decodes it silently
+    assert decoded.shape == (48, 64, 3)
+    with pytest.raises(image_checks.ImageError, match="incomplete JPEG") as error:
+        image_checks.check_image_bytes(data, "cut.jpg")
+    assert "cut.jpg" in str(error.value) and "--keep_incomplete_images" in str(error.value)
+    kept = image_checks.check_image_bytes(data, "cut.jpg", keep_incomplete=True)
+    assert kept.notes[0][0] == "image/incomplete" and "early" in kept.notes[0][1]
+
+
+def test_bytes_after_the_end_marker_and_restart_markers_are_fine():
+    with_restarts = _encode(Image.fromarray(_pixels(64, 48)), "JPEG", quality=90, restart_marker_blocks=2)
+    assert b"\xff\xd0" in with_restarts
+    assert image_checks.check_jpeg_scans(with_restarts) == (None, True)
+    assert image_checks.check_jpeg_scans(_jpeg() + b"trailing bytes") == (None, True)

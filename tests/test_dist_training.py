@@ -90,8 +90,10 @@ def test_one_ps_two_workers_train_lower_the_loss_and_the_chief_checkpoint_restor
     reached = max(step for worker in per_worker for step, _ in worker)
     assert reached >= steps
     if mode == "async":
-        # Both workers applied their own steps: their global steps interleave.
-        assert {s for s, _ in per_worker[0]}.isdisjoint({s for s, _ in per_worker[1]}) or reached > steps
+        # Both workers applied steps to one shared global step: together they ran about as many steps as
+        # it counts (each worker running its own counter would log ~2x). Two workers may read the counter
+        # after the same increment, so the logged values themselves can repeat.
+        assert sum(len(worker) for worker in per_worker) <= reached + 2, per_worker
     else:
         # Each sync step waits for both replicas: a worker's global step grows by at most 1 per local step.
         for worker in per_worker:
