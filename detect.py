@@ -24,6 +24,8 @@ import package_guard
 
 package_guard.ensure_project_packages()
 
+import command_line  # noqa: E402
+
 from absl import logging  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
@@ -158,16 +160,27 @@ def open_detector(opts):
         image_size=opts.image_size, use_moving_averages=not opts.no_moving_averages)
 
 
+OPTION_RULES = {
+    "min_score": command_line.unit_interval(), "batch_size": command_line.positive_int(),
+    "progress_every_secs": command_line.positive(), **ssd_eval.POST_PROCESSING_RULES,
+}
+
+
+def validate_options(opts):
+    """Raises command_line.UsageError naming every flag with a value detection cannot use."""
+    command_line.check_options(opts, OPTION_RULES, [command_line.image_size_problem(opts.image_size)])
+
+
 def detect(opts):
-    """Runs detection as ``opts`` say; returns the list written to detections.json."""
-    if opts.batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {opts.batch_size}")
+    """Runs detection as ``opts`` say; returns the list written to detections.json. The model is
+    loaded before ``--output_dir`` is created, so a bad model leaves nothing behind."""
+    validate_options(opts)
     files = list_images(opts.inputs, opts.recursive)
     if not files:
         raise FileNotFoundError(f"no images in {opts.inputs}")
-    os.makedirs(opts.output_dir, exist_ok=True)
     results, used_names = [], set()
     with open_detector(opts) as detector:
+        os.makedirs(opts.output_dir, exist_ok=True)
         logging.info("Detecting with %s on %d images", detector.description, len(files))
         progress = progress_lib.Progress("detect", len(files), opts.progress_every_secs)
         for start in range(0, len(files), opts.batch_size):
@@ -212,12 +225,7 @@ def main(argv=None):
     opts = build_parser().parse_args(argv)
     tf1.disable_eager_execution()
     logging.set_verbosity(logging.INFO)
-    try:
-        detect(opts)
-    except (FileNotFoundError, ValueError) as error:
-        logging.error("%s", error)
-        return 2
-    return 0
+    return command_line.run_command(lambda: detect(opts))
 
 
 if __name__ == "__main__":

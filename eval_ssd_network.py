@@ -30,12 +30,14 @@ import package_guard
 
 package_guard.ensure_project_packages()
 
+import command_line  # noqa: E402
+
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from datasets import dataset_factory, sample_data  # noqa: E402
-from deployment import devices  # noqa: E402
+from deployment import checkpoint_integrity, devices  # noqa: E402
 from evaluation import detection_metrics, progress as progress_lib, ssd_eval, summaries  # noqa: E402
 from preprocessing import ssd_vgg_preprocessing  # noqa: E402
 from tf_compat import tf1  # noqa: E402
@@ -264,8 +266,11 @@ def keep_if_best(eval_dir, checkpoint_prefix, record, metric, train_dir=None):
     return True
 
 
-def evaluate_checkpoint(evaluation, checkpoint_prefix, eval_dir, writer, opts, train_dir=None, out=None):
+def evaluate_checkpoint(evaluation, checkpoint_prefix, eval_dir, writer, opts, train_dir=None, out=None,
+                        verified=False):
     out = out or sys.stdout
+    if not verified:
+        checkpoint_integrity.verify_checkpoint(checkpoint_prefix, "evaluate another checkpoint")
     result, coco, used_ema = evaluation.run(checkpoint_prefix)
     global_step = ssd_eval.checkpoint_global_step(checkpoint_prefix)
     print(f"\n{checkpoint_prefix} (global step {global_step}, {'EMA' if used_ema else 'raw'} weights) on "
@@ -285,8 +290,7 @@ def evaluate(opts, out=None):
     """Runs the evaluation ``opts`` describe; returns the metrics records written (one per checkpoint)."""
     if opts.wait_for_checkpoints and not tf.io.gfile.isdir(opts.checkpoint_path):
         raise ValueError(f"--wait_for_checkpoints needs a training directory, got {opts.checkpoint_path}")
-    if opts.batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {opts.batch_size}")
+    validate_options(opts)
     if opts.wait_for_checkpoints:
         prefixes = tf.train.checkpoints_iterator(opts.checkpoint_path, min_interval_secs=opts.eval_interval_secs,
                                                  timeout=opts.timeout)
@@ -307,12 +311,18 @@ def evaluate(opts, out=None):
     try:
         for prefix in _chain(pending, prefixes):
             try:
-                records.append(evaluate_checkpoint(evaluation, prefix, eval_dir, writer, opts, source.train_dir, out))
+                records.append(evaluate_checkpoint(evaluation, prefix, eval_dir, writer, opts, source.train_dir, out,
+                                                   verified=prefix == source.checkpoint_prefix))
             except tf.errors.NotFoundError as err:
                 if not opts.wait_for_checkpoints:
                     raise
                 # Training may delete an old checkpoint (max_to_keep) before its turn comes.
                 logging.warning("Skipping %s, which disappeared: %s", prefix, err.message.splitlines()[0])
+            except checkpoint_integrity.CorruptCheckpointError as err:
+                if not opts.wait_for_checkpoints:
+                    raise
+                # A training run killed during a write leaves a damaged checkpoint; the next one will do.
+                logging.warning("Skipping %s", err)
     finally:
         writer.close()
     logging.info("Evaluation results in %s (%s)", eval_dir, METRICS_FILE)
@@ -324,16 +334,28 @@ def _chain(first, rest):
     yield from rest
 
 
+OPTION_RULES = {
+    "timeout": command_line.positive(), "eval_interval_secs": command_line.non_negative(),
+    "batch_size": command_line.positive_int(), "num_preprocessing_threads": command_line.positive_int(),
+    "max_num_images": command_line.positive_int(optional=True),
+    "matching_iou": command_line.unit_interval(low_inclusive=False),
+    "progress_every_secs": command_line.positive(),
+    "gpu_memory_fraction": command_line.unit_interval(low_inclusive=False),
+    **ssd_eval.POST_PROCESSING_RULES,
+}
+
+
+def validate_options(opts):
+    """Raises command_line.UsageError naming every flag with a value evaluation cannot use."""
+    command_line.check_options(opts, OPTION_RULES, [command_line.image_size_problem(opts.image_size)])
+
+
 def main(argv=None):
     opts = build_parser().parse_args(argv)
     tf1.disable_eager_execution()
     logging.set_verbosity(logging.INFO)
-    try:
-        evaluate(opts)
-    except (dataset_factory.DatasetError, FileNotFoundError, ValueError) as error:
-        logging.error("%s", error)
-        return 2
-    return 0
+    return command_line.run_command(lambda: evaluate(opts),
+                                    [(dataset_factory.DatasetError, command_line.EXIT_USAGE, None)])
 
 
 if __name__ == "__main__":

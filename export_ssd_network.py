@@ -24,6 +24,8 @@ import package_guard
 
 package_guard.ensure_project_packages()
 
+import command_line  # noqa: E402
+
 from absl import logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -72,14 +74,56 @@ def build_inference_graph(source, opts):
         resize_mode=opts.resize_mode, use_moving_averages=not opts.no_moving_averages, input_name=INPUT_NAME)
 
 
+# --num_classes counts the background: at least 2.
+OPTION_RULES = {"num_classes": command_line.Rule(low=2, integer=True, optional=True), **ssd_eval.POST_PROCESSING_RULES}
+
+
+def validate_options(opts):
+    """Raises command_line.UsageError naming every flag with a value export cannot use."""
+    command_line.check_options(opts, OPTION_RULES, [command_line.image_size_problem(opts.image_size)])
+
+
 def export(opts):
-    """Writes the SavedModel; returns its directory."""
+    """Writes the SavedModel; returns its directory.
+
+    The model is written into a temporary sibling folder and renamed into place at the end, so a
+    failure (a damaged checkpoint, a full disk) leaves neither a half-written ``--output_dir`` nor,
+    with ``--overwrite``, a lost previous export."""
+    validate_options(opts)
+    output_dir = opts.output_dir.rstrip("/") or opts.output_dir
+    if tf.io.gfile.exists(output_dir) and not opts.overwrite:
+        raise FileExistsError(f"{output_dir} exists; choose a new --output_dir (e.g. export/2) or pass --overwrite")
     source = ssd_eval.load_model_source(opts.checkpoint_path)
-    output_dir = opts.output_dir
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    tf.io.gfile.makedirs(parent)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.partial-", dir=parent)
+    tf.io.gfile.rmtree(staging)  # the SavedModel builder creates its folder itself
+    try:
+        config = _write_saved_model(source, opts, staging)
+        _replace(staging, output_dir)
+    finally:
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
+    logging.info("Exported %s (step %d, %s weights, %s %s, %d classes) to %s", source.checkpoint_prefix,
+                 config["global_step"], "EMA" if config["moving_averages"] else "raw", config["model_name"],
+                 tuple(config["image_size"]), config["num_classes"], output_dir)
+    return output_dir
+
+
+def _replace(staging, output_dir):
+    """Moves the finished ``staging`` folder to ``output_dir``; an existing one is removed only after."""
+    previous = None
     if tf.io.gfile.exists(output_dir):
-        if not opts.overwrite:
-            raise FileExistsError(f"{output_dir} exists; choose a new --output_dir (e.g. export/2) or pass --overwrite")
-        tf.io.gfile.rmtree(output_dir)
+        previous = f"{staging}.previous"
+        tf.io.gfile.rename(output_dir, previous)
+    tf.io.gfile.rename(staging, output_dir)
+    if previous:
+        tf.io.gfile.rmtree(previous)
+
+
+def _write_saved_model(source, opts, output_dir):
+    """Builds the serving graph of ``source`` and saves it as a SavedModel in ``output_dir``; returns
+    the export configuration written as an asset."""
     graph = tf.Graph()
     with graph.as_default():
         inference = build_inference_graph(source, opts)
@@ -123,10 +167,7 @@ def export(opts):
             builder.save()
         finally:
             tf.io.gfile.rmtree(assets_dir)
-    logging.info("Exported %s (step %d, %s weights, %s %s, %d classes) to %s", source.checkpoint_prefix,
-                 config["global_step"], "EMA" if used_ema else "raw", net.name, net.params.img_shape,
-                 net.params.num_classes, output_dir)
-    return output_dir
+    return config
 
 
 def _write_assets(directory, labels, config):
@@ -142,12 +183,7 @@ def main(argv=None):
     opts = build_parser().parse_args(argv)
     tf1.disable_eager_execution()
     logging.set_verbosity(logging.INFO)
-    try:
-        export(opts)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        logging.error("%s", error)
-        return 2
-    return 0
+    return command_line.run_command(lambda: export(opts))
 
 
 if __name__ == "__main__":

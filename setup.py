@@ -29,7 +29,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["datasets", "nets", "preprocessing", "deployment", "checkpoints", "evaluation"],
-    py_modules=["tf_compat", "package_guard", *SCRIPTS.values()],
+    py_modules=["tf_compat", "package_guard", "command_line", *SCRIPTS.values()],
     install_requires=[
         # tf_compat.py patches tf-slim 1.1.0 for TensorFlow 2.21 exactly; other
         # TensorFlow releases move the same internals elsewhere.

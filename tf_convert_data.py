@@ -22,6 +22,7 @@ package_guard.ensure_project_packages()
 
 from absl import flags, logging  # noqa: E402
 
+import command_line  # noqa: E402
 from datasets import converter, sources  # noqa: E402
 
 
@@ -67,12 +68,24 @@ def build_parser():
     return parser
 
 
+OPTION_RULES = {
+    "test_fraction": command_line.unit_interval(),
+    "split_seed": command_line.non_negative_int(), "shuffle_seed": command_line.non_negative_int(),
+    "num_shards": command_line.non_negative_int(), "num_workers": command_line.positive_int(),
+}
+
+
 def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # this tool uses argparse; absl logging only needs to know it may log
     logging.set_verbosity(logging.INFO)
     logging.use_absl_handler()
+    try:
+        command_line.check_options(args, OPTION_RULES)
+    except command_line.UsageError as error:
+        logging.error("%s", error)
+        return command_line.EXIT_USAGE
     options = converter.ConversionOptions(
         splits=args.splits,
         label_map_path=args.label_map,
@@ -84,11 +97,12 @@ def main(argv=None):
         num_workers=args.num_workers,
         keep_incomplete_images=args.keep_incomplete_images,
     )
-    try:
-        result = converter.convert(args.dataset_dir, args.output_dir, args.output_name, options)
-    except (converter.ConversionError, sources.SourceError) as err:
-        logging.error("%s", err)
-        return 2
+    return command_line.run_command(lambda: _convert(args, options),
+                                    [((converter.ConversionError, sources.SourceError), command_line.EXIT_USAGE, None)])
+
+
+def _convert(args, options):
+    result = converter.convert(args.dataset_dir, args.output_dir, args.output_name, options)
     if result.num_images == 0:
         logging.error("no usable images were found; see %s", os.path.join(args.output_dir, "conversion_report.txt"))
         return 1

@@ -27,11 +27,14 @@ import package_guard
 
 package_guard.ensure_project_packages()
 
+import command_line  # noqa: E402
+from command_line import Rule, non_negative, non_negative_int, positive, positive_int, unit_interval  # noqa: E402
+
 from absl import app, flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from datasets import dataset_factory, sample_data  # noqa: E402
-from deployment import checkpoint_init, cluster, devices, learning_rate as lr_lib, model_deploy  # noqa: E402
+from deployment import checkpoint_init, checkpoint_integrity, cluster, devices, learning_rate as lr_lib, model_deploy  # noqa: E402
 from deployment import optimizers, summaries, train_op as train_op_lib  # noqa: E402
 from nets import anchor_coverage, matching, multibox_loss, nets_factory, ssd_vgg_common, vgg_checkpoint  # noqa: E402
 from preprocessing import preprocessing_factory, seeds, visualization  # noqa: E402
@@ -180,6 +183,52 @@ DEFAULT_NEW_LAYERS_ONLY_EPOCHS = 4.0
 ANCHOR_COVERAGE_IMAGES = 1000
 
 
+# Every numeric option's allowed values, checked (all at once) before anything is built.
+OPTION_RULES = {
+    "batch_size": positive_int(), "num_readers": positive_int(), "num_preprocessing_threads": positive_int(),
+    "shuffle_buffer_size": positive_int(), "zoom_out_max_ratio": Rule(low=1), "seed": non_negative_int(),
+    "weight_decay": non_negative(), "dropout_keep_prob": unit_interval(low_inclusive=False),
+    "match_threshold": unit_interval(low_inclusive=False),
+    "negative_threshold": unit_interval(low_inclusive=False, optional=True),
+    "negative_ratio": non_negative(), "loss_alpha": non_negative(),
+    "label_smoothing": unit_interval(high_inclusive=False),
+    "learning_rate": positive(), "new_layers_learning_rate": positive(),
+    "new_layers_only_epochs": non_negative(optional=True),
+    "learning_rate_decay_factor": unit_interval(low_inclusive=False), "num_epochs_per_decay": positive(),
+    "end_learning_rate": non_negative(), "warmup_steps": non_negative_int(),
+    "momentum": unit_interval(high_inclusive=False), "adam_beta1": unit_interval(high_inclusive=False),
+    "adam_beta2": unit_interval(high_inclusive=False), "opt_epsilon": positive(),
+    "adamw_weight_decay": non_negative(), "rmsprop_decay": unit_interval(), "rmsprop_epsilon": positive(),
+    "adagrad_initial_accumulator_value": positive(), "adadelta_rho": unit_interval(),
+    "ftrl_learning_rate_power": Rule(high=0), "ftrl_initial_accumulator_value": positive(),
+    "ftrl_l1": non_negative(), "ftrl_l2": non_negative(), "clip_gradient_norm": non_negative(),
+    "moving_average_decay": unit_interval(low_inclusive=False, high_inclusive=False, optional=True),
+    "max_number_of_steps": positive_int(optional=True), "max_train_minutes": positive(optional=True),
+    "num_clones": positive_int(), "gpu_memory_fraction": unit_interval(low_inclusive=False),
+    "log_every_n_steps": positive_int(), "save_summaries_secs": positive_int(),
+    "save_interval_secs": positive_int(), "max_to_keep": non_negative_int(),
+    "keep_checkpoint_every_n_hours": positive(), "num_summary_images": non_negative_int(),
+    "task_index": non_negative_int(), "replicas_to_aggregate": positive_int(optional=True),
+    "dist_startup_timeout_secs": positive(), "dist_operation_timeout_secs": Rule(),
+    "dist_lost_ps_secs": Rule(),
+}
+
+
+def validate_options(opts):
+    """Raises command_line.UsageError naming every flag of ``opts`` with a value training cannot use."""
+    problems = [command_line.image_size_problem(opts.image_size)]
+    for name in ("learning_rate_boundaries", "learning_rate_values"):
+        try:
+            _float_list(getattr(opts, name), name)
+        except ValueError as error:
+            problems.append(str(error))
+    if (OPTION_RULES["negative_threshold"].allows(opts.negative_threshold) and opts.negative_threshold is not None
+            and opts.negative_threshold > opts.match_threshold):
+        problems.append(f"--negative_threshold ({opts.negative_threshold}) must not exceed --match_threshold "
+                        f"({opts.match_threshold})")
+    command_line.check_options(opts, OPTION_RULES, problems)
+
+
 def default_options(**overrides):
     """The flags' defaults as a namespace, with ``overrides`` (for tests and benchmarks)."""
     values = {name: FLAGS[name].default for name in _FLAG_NAMES}
@@ -214,8 +263,6 @@ def build_network(opts, num_classes):
 def _augmentation(opts):
     if opts.augmentation == "none":
         return TrainAugmentation.none()
-    if opts.zoom_out_max_ratio < 1.0:
-        raise ValueError(f"--zoom_out_max_ratio must be >= 1 (1 switches zoom-out off), got {opts.zoom_out_max_ratio}")
     return TrainAugmentation(expand=opts.zoom_out_max_ratio > 1.0, expand_max_ratio=max(opts.zoom_out_max_ratio, 1.0))
 
 
@@ -541,8 +588,7 @@ def write_configuration(train_dir, config):
 
 def train(opts):
     """Runs training as the flags in ``opts`` say; returns the final total loss (a ps task serves until killed)."""
-    if opts.max_train_minutes is not None and opts.max_train_minutes <= 0:
-        raise ValueError(f"--max_train_minutes must be > 0, got {opts.max_train_minutes}")
+    validate_options(opts)
     dist = cluster.settings_from_options(opts)
     if dist is not None and dist.job_name == cluster.PS_JOB:
         return cluster.start_server(dist).join()
@@ -561,6 +607,13 @@ def train(opts):
                         "--batch_size and --image_size make it faster.", opts.model_name,
                         opts.batch_size * opts.num_clones)
     spec = resolve_dataset(opts)
+    if is_chief:
+        # A newest checkpoint cut short (a kill or a full disk during its write) must not end the run;
+        # a damaged --checkpoint_path is named now, not after minutes of graph building.
+        if not checkpoint_integrity.recover_train_dir(opts.train_dir) and opts.checkpoint_path:
+            start_from = checkpoint_init.resolve_checkpoint(opts.checkpoint_path)
+            if start_from:
+                checkpoint_integrity.verify_checkpoint(start_from, "pass another --checkpoint_path")
     start_step = starting_global_step(opts.train_dir)
     # A resumed run must not replay the first run's data order and augmentations.
     data_seed = opts.seed if start_step == 0 else (opts.seed * 1_000_003 + start_step) % 2**31
@@ -654,22 +707,20 @@ def _join_cluster(opts, dist, session_config):
     return server, deploy_config, session_config
 
 
+# Failures of training with their own exit status, before the common mapping (command_line.run_command).
+_FAILURES = (
+    (train_op_lib.NonFiniteLossError, command_line.EXIT_STOPPED, None),
+    ((dataset_factory.DatasetError, cluster.ClusterError), command_line.EXIT_USAGE, None),
+    (cluster.LOST_CLUSTER_ERRORS, cluster.LOST_CLUSTER_EXIT_CODE,
+     lambda error: cluster.lost_cluster_message(f"{type(error).__name__}: {cluster.first_line(error)}")),
+)
+
+
 def main(argv=None):
     def run(unused_argv):
         tf1.disable_eager_execution()
         logging.set_verbosity(logging.INFO)
-        try:
-            train(options_from_flags())
-        except train_op_lib.NonFiniteLossError as error:
-            logging.error("%s", error)
-            return 1
-        except (dataset_factory.DatasetError, FileNotFoundError, ValueError, cluster.ClusterError) as error:
-            logging.error("%s", error)
-            return 2
-        except cluster.LOST_CLUSTER_ERRORS as error:
-            logging.error("%s", cluster.lost_cluster_message(f"{type(error).__name__}: {cluster.first_line(error)}"))
-            return cluster.LOST_CLUSTER_EXIT_CODE
-        return 0
+        return command_line.run_command(lambda: train(options_from_flags()), _FAILURES)
 
     app.run(lambda argv: sys.exit(run(argv)), argv=argv)
 

@@ -162,8 +162,10 @@ def _class_ids(pending_by_split, options):
     if options.label_map_path:
         try:
             names_by_id = label_map.read_label_map(options.label_map_path)
-        except (OSError, label_map.LabelMapError) as err:
-            raise ConversionError(f"label map {options.label_map_path}: {err}") from None
+        except label_map.LabelMapError as err:
+            raise ConversionError(str(err)) from None
+        except OSError as err:
+            raise ConversionError(f"label map {options.label_map_path}: {err.strerror or err}") from None
     else:
         names = {obj.name for pending in pending_by_split.values() for p in pending for obj in p.annotation.objects if obj.name}
         names_by_id = label_map.label_map_from_names(names)
@@ -329,6 +331,21 @@ def _write_split(pool, name, split, pending, class_ids, names_by_id, options, te
     }
 
 
+def _check_output_path(output_dir):
+    """Refuses, before any input is read, an --output_dir that is a file or cannot be written."""
+    path = os.path.abspath(output_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConversionError(f"--output_dir {output_dir} is a file, not a directory; choose another path")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConversionError(f"--output_dir {output_dir}: {existing} is a file, not a directory; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConversionError(f"--output_dir {output_dir}: {existing} is not writable (permission denied); choose a "
+                              "directory you can write to")
+
+
 def _check_output_dir(output_dir, name):
     info_path = os.path.join(output_dir, DATASET_INFO)
     if os.path.isfile(info_path):
@@ -369,10 +386,14 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
         raise ConversionError(f"unknown_class must be one of {UNKNOWN_CLASS_POLICIES}, got {options.unknown_class!r}")
     if not output_name or any(c in output_name for c in "/\\*?[]") or output_name.startswith("."):
         raise ConversionError(f"output name {output_name!r} must be a plain file-name prefix")
+    _check_output_path(output_dir)
     roots = [os.path.abspath(d) for d in dataset_dirs]
     splits = tuple(options.splits)
     by_split, indexes, problems, layouts = sources.discover(roots, splits, options.test_fraction, options.split_seed)
-    os.makedirs(output_dir, exist_ok=True)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as err:
+        raise ConversionError(f"--output_dir {output_dir}: cannot create it ({err.strerror or err})") from None
     _check_output_dir(output_dir, output_name)
     start = time.monotonic()
     num_workers = max(1, int(options.num_workers))

@@ -12,8 +12,9 @@ import json
 import os
 
 import tensorflow as tf
+from absl import logging
 
-from datasets import label_map, tfrecord_schema
+from datasets import label_map, shard_check, tfrecord_schema
 
 DATASET_INFO = "dataset_info.json"
 
@@ -101,6 +102,54 @@ def get_dataset(name, split_name, dataset_dir):
     )
 
 
+def usable_records(spec, files):
+    """``(files, record counts)`` a run can read: every shard's framing is walked first
+    (datasets/shard_check.py); a damaged shard is named in a warning and only its records before the
+    damage are read. Raises DatasetError when no shard has a readable record."""
+    kept, counts, lost, new = [], [], [], False
+    for path in files:
+        try:
+            stat = os.stat(path)
+            key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+            if key not in _SCANS:
+                _SCANS[key], new = shard_check.scan_shard(path), True
+                if _SCANS[key].problem:
+                    logging.warning("Damaged shard %s; re-run tf_convert_data.py to write it again",
+                                    _SCANS[key].describe())
+        except OSError as err:
+            raise DatasetError(f"{path}: cannot read the shard ({err.strerror or err})") from None
+        scan = _SCANS[key]
+        if scan.problem:
+            lost.append(scan)
+        if scan.records:
+            kept.append(path)
+            counts.append(scan.records)
+    if not kept:
+        raise DatasetError(f"{spec.dataset_dir}: no shard of split '{spec.split_name}' has a readable record "
+                           f"(first: {lost[0].describe()}); re-run tf_convert_data.py")
+    if lost and new:
+        logging.warning("Split '%s' of %s: %d damaged shard(s); reading %d of its %d images", spec.split_name,
+                        spec.dataset_dir, len(lost), sum(counts), spec.num_samples)
+    return kept, counts
+
+
+# (path, size, mtime) -> ShardScan: a process checks (and warns about) each shard once.
+_SCANS = {}
+
+
+def read_records(spec):
+    """The serialized examples of ``spec``'s split in file order, the readable records only
+    (see :func:`usable_records`)."""
+    files, counts = usable_records(spec, sorted(spec.files) or sorted(tf.io.gfile.glob(spec.file_pattern)))
+    return tf.data.Dataset.from_tensor_slices((files, counts)).flat_map(_read_shard)
+
+
+def _read_shard(path, count):
+    # Exactly the records the framing check found; a record whose data fails its checksum (damage
+    # the framing cannot see) ends this shard for the epoch with TensorFlow's warning, not the run.
+    return tf.data.TFRecordDataset(path).take(tf.cast(count, tf.int64)).ignore_errors(log_warning=True)
+
+
 def build_dataset(
     spec,
     is_training,
@@ -120,11 +169,12 @@ def build_dataset(
     files = sorted(spec.files) or sorted(tf.io.gfile.glob(spec.file_pattern))
     if not files:
         raise DatasetError(f"{spec.dataset_dir}: no shard files match {spec.file_pattern}")
+    files, counts = usable_records(spec, files)
     if is_training:
-        dataset = tf.data.Dataset.from_tensor_slices(files)
+        dataset = tf.data.Dataset.from_tensor_slices((files, counts))
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.interleave(
-            tf.data.TFRecordDataset,
+            _read_shard,
             cycle_length=max(1, min(num_readers, len(files))),
             block_length=1,
             num_parallel_calls=max(1, min(num_readers, len(files))),
@@ -133,7 +183,7 @@ def build_dataset(
         dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.repeat(repeat)
     else:
-        dataset = tf.data.TFRecordDataset(files)
+        dataset = read_records(spec)
         if repeat is not None and repeat != 1:
             dataset = dataset.repeat(repeat)
     return dataset.map(tfrecord_schema.parse_example, num_parallel_calls=num_parallel_calls, deterministic=True)

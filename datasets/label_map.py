@@ -37,8 +37,15 @@ def read_label_map(path):
     """
     names_by_id = {}
     next_id = 1
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")  # only newlines end a line: str.splitlines would also split at \v, \f, ...
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")  # only newlines end a line: str.splitlines would also split at \v, \f, ...
+    except UnicodeDecodeError as error:
+        line = error.object[:error.start].count(b"\n") + 1
+        raise LabelMapError(f"{path}, line {line}: not UTF-8 text ({error.reason} at byte {error.start}); "
+                            "save the label map as UTF-8") from None
+    except IsADirectoryError:
+        raise LabelMapError(f"{path} is a directory, not a label map file") from None
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or line.startswith("#"):

@@ -32,6 +32,7 @@ import os
 from absl import logging
 import tensorflow as tf
 
+from deployment import checkpoint_integrity
 from deployment.scopes import in_scope, split_scopes
 from tf_compat import slim, tf1
 
@@ -215,6 +216,7 @@ def plan_initialization(
         )
     if checkpoint_model_scope is not None and model_scope is None:
         raise ValueError("checkpoint_model_scope needs model_scope (the scope it replaces in this graph)")
+    checkpoint_integrity.verify_checkpoint(checkpoint, "pass another --checkpoint_path")
 
     reader = tf.train.load_checkpoint(checkpoint)
     ckpt_shapes = reader.get_variable_to_shape_map()

@@ -22,6 +22,8 @@ import re
 import numpy as np
 import tensorflow as tf
 
+import command_line
+from deployment import checkpoint_integrity
 from nets import nets_factory
 from preprocessing import ssd_vgg_preprocessing
 from tf_compat import slim, tf1
@@ -35,6 +37,13 @@ DEFAULT_SELECT_THRESHOLD = 0.01
 DEFAULT_NMS_THRESHOLD = 0.45
 DEFAULT_TOP_K = 400
 DEFAULT_KEEP_TOP_K = 200
+# The post-processing flags' allowed values (eval, export and detect check them before building anything).
+POST_PROCESSING_RULES = {
+    "select_threshold": command_line.unit_interval(high_inclusive=False),
+    "nms_threshold": command_line.unit_interval(low_inclusive=False),
+    "top_k": command_line.positive_int(),
+    "keep_top_k": command_line.positive_int(),
+}
 
 
 class ClassMismatchError(ValueError):
@@ -83,7 +92,11 @@ def read_training_config(directory):
 
 
 def load_model_source(checkpoint_path):
+    """The checkpoint ``checkpoint_path`` names (read end to end first: a damaged one is named in a
+    CorruptCheckpointError), its training directory and that directory's training config."""
     prefix = find_checkpoint(checkpoint_path)
+    checkpoint_integrity.verify_checkpoint(
+        prefix, "pass an older checkpoint prefix as --checkpoint_path (a training directory keeps several)")
     train_dir = os.path.dirname(prefix) or "."
     return ModelSource(prefix, train_dir, read_training_config(train_dir))
 

@@ -129,11 +129,11 @@ def box_statistics(net, labels, boxes, match_threshold=0.5, negative_threshold=N
 def measure_split(net, spec, match_threshold=0.5, negative_threshold=None, max_images=None):
     """:class:`BoxStatistics` of a converted split (the first ``max_images`` images in file order)
     and the number of images read."""
-    from datasets import tfrecord_schema
+    from datasets import dataset_factory, tfrecord_schema
     from tf_compat import tf1
 
     with tf.Graph().as_default():
-        dataset = tf.data.TFRecordDataset(sorted(spec.files)).map(tfrecord_schema.parse_objects)
+        dataset = dataset_factory.read_records(spec).map(tfrecord_schema.parse_objects)
         if max_images:
             dataset = dataset.take(max_images)
         dataset = dataset.map(lambda example: (example["labels"], example["boxes"])).padded_batch(BATCH)

@@ -131,6 +131,21 @@ def test_short_training_lowers_the_loss_writes_summaries_and_resumes(tmp_path):
     assert "resum" in log.lower()
     assert sorted(_losses(log)) == [41, 42, 43], "a restarted run continues from the saved global step"
 
+    # The newest checkpoint cut short (a kill or a full disk during its write): the run resumes from
+    # the one before, and the damaged files are kept aside, not deleted.
+    latest = tf.train.latest_checkpoint(str(train_dir))
+    assert latest.endswith("-43")
+    data_file = latest + ".data-00000-of-00001"
+    with open(data_file, "rb") as stream:
+        whole = stream.read()
+    with open(data_file, "wb") as stream:
+        stream.write(whole[: len(whole) // 3])
+    result, log = _train(train_dir, "--max_number_of_steps=42", env_dir=tmp_path)
+    assert result.returncode == 0, log[-3000:]
+    assert f"Checkpoint {latest} is unreadable" in log and "resuming from" in log, log[-3000:]
+    assert sorted(_losses(log)) == [41, 42], "resumed from step 40"
+    assert os.path.exists(os.path.join(train_dir, "corrupt_checkpoints", os.path.basename(data_file)))
+
 
 @pytest.mark.slow
 def test_an_absurd_learning_rate_stops_at_the_nan_guard(tmp_path):

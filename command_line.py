@@ -1,0 +1,237 @@
+"""How every command of the project talks to its user when something is wrong.
+
+Two jobs, shared by ``tf_convert_data``, ``train_ssd_network``, ``eval_ssd_network``,
+``export_ssd_network`` and ``ssd_detect``:
+
+* :func:`check_options` validates every numeric option of a command against a table of
+  :class:`Rule` s before any graph is built, and names each bad flag with the values it allows
+  (all of them at once, so one run shows every mistake).
+* :func:`run_command` runs a command's work and turns the failures a user can meet into one
+  ``ERROR`` line that names the file or flag and says what to do, with an exit status that tells
+  the families apart (:data:`EXIT_STATUS`). A programming error still shows its traceback.
+
+Exit statuses (also in the README's troubleshooting section):
+
+====  =======================================================================================
+0     done
+1     the run stopped by its own rule (a non-finite loss; ``--strict`` conversion; nothing usable)
+2     a bad flag or input: fix the command line or the named file
+3     a distributed worker lost its cluster (a ps task or the chief is gone)
+4     a checkpoint or a data file is damaged: the message names it
+5     the operating system refused: permission denied, disk full, a path that is a file...
+6     TensorFlow failed at run time (out of memory, ...)
+130   interrupted (Ctrl-C)
+====  =======================================================================================
+"""
+
+import dataclasses
+import errno
+import math
+
+from absl import logging
+
+EXIT_OK = 0
+EXIT_STOPPED = 1
+EXIT_USAGE = 2
+EXIT_LOST_CLUSTER = 3
+EXIT_DAMAGED = 4
+EXIT_OS = 5
+EXIT_TENSORFLOW = 6
+EXIT_INTERRUPTED = 130
+EXIT_STATUS = {
+    EXIT_OK: "done",
+    EXIT_STOPPED: "stopped by its own rule",
+    EXIT_USAGE: "bad flag or input",
+    EXIT_LOST_CLUSTER: "lost the cluster",
+    EXIT_DAMAGED: "damaged checkpoint or data file",
+    EXIT_OS: "refused by the operating system",
+    EXIT_TENSORFLOW: "TensorFlow run-time failure",
+    EXIT_INTERRUPTED: "interrupted",
+}
+
+
+class UsageError(ValueError):
+    """A flag with a value the command cannot use; the message names the flag and what it allows."""
+
+
+class DamagedFileError(Exception):
+    """A checkpoint or data file that exists but cannot be read back; the message names it."""
+
+
+# ----------------------------------------------------------------------------- option rules
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A numeric option's allowed values: ``low``/``high`` bounds (None: unbounded), whether each bound
+    is allowed, whether it must be an integer, and whether None (unset) is allowed."""
+
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    integer: bool = False
+    optional: bool = False
+
+    def describe(self):
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            left = "[" if self.low_inclusive else "("
+            right = "]" if self.high_inclusive else ")"
+            text = f"{kind} in {left}{_number(self.low)}, {_number(self.high)}{right}"
+        elif self.low is not None:
+            text = f"{kind} {'>=' if self.low_inclusive else '>'} {_number(self.low)}"
+        elif self.high is not None:
+            text = f"{kind} {'<=' if self.high_inclusive else '<'} {_number(self.high)}"
+        else:
+            text = f"a finite {kind.split()[-1]}"
+        return text + (" (or unset)" if self.optional else "")
+
+    def allows(self, value):
+        if value is None:
+            return self.optional
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if not math.isfinite(value) or (self.integer and value != int(value)):
+            return False
+        if self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive)):
+            return False
+        if self.high is not None and (value > self.high or (value == self.high and not self.high_inclusive)):
+            return False
+        return True
+
+
+def _number(value):
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def positive_int(optional=False):
+    return Rule(low=1, integer=True, optional=optional)
+
+
+def non_negative_int(optional=False):
+    return Rule(low=0, integer=True, optional=optional)
+
+
+def positive(optional=False):
+    return Rule(low=0, low_inclusive=False, optional=optional)
+
+
+def non_negative(optional=False):
+    return Rule(low=0, optional=optional)
+
+
+def unit_interval(low_inclusive=True, high_inclusive=True, optional=False):
+    return Rule(low=0, high=1, low_inclusive=low_inclusive, high_inclusive=high_inclusive, optional=optional)
+
+
+def check_options(opts, rules, more_problems=()):
+    """Raises :class:`UsageError` naming every option of ``opts`` (a namespace) that breaks its rule in
+    ``rules`` ({option name: :class:`Rule`}; options absent from ``opts`` are not checked), and the
+    command's own ``more_problems`` (messages; None entries are ignored), all in one message."""
+    problems = []
+    for name, rule in rules.items():
+        if not hasattr(opts, name):
+            continue
+        value = getattr(opts, name)
+        if not rule.allows(value):
+            problems.append(f"--{name} must be {rule.describe()}, got {value!r}")
+    problems += [problem for problem in more_problems if problem]
+    if problems:
+        raise UsageError("; ".join(problems))
+
+
+def image_size_problem(text):
+    """Why ``text`` is not a valid --image_size ('S' or 'H,W' with positive integers), or None."""
+    from nets import nets_factory  # here: the converter's start needs none of the networks
+
+    try:
+        nets_factory.parse_image_size(text)
+    except (ValueError, TypeError):
+        return f"--image_size must be 'S' or 'H,W' with positive integers (e.g. 300 or 300,500), got {text!r}"
+    return None
+
+
+# ----------------------------------------------------------------------------- failures -> one line
+
+
+def first_line(error):
+    """The first non-empty line of an error's message (TensorFlow appends whole graph traces)."""
+    text = (getattr(error, "message", None) or str(error) or "").strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
+_OS_ADVICE = {
+    errno.ENOSPC: "free some space or choose a directory on another disk",
+    errno.EDQUOT: "free some space or choose a directory on another disk",
+    errno.EACCES: "check the permissions, or choose a directory you can write to",
+    errno.EPERM: "check the permissions, or choose a directory you can write to",
+    errno.EROFS: "the file system is read-only: choose another directory",
+    errno.EEXIST: "choose another path, or move the existing one away",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another path",
+    errno.EISDIR: "the path is a directory: name a file",
+}
+
+
+def _describe_os_error(error):
+    where = error.filename if error.filename is not None else "a file"
+    if getattr(error, "filename2", None):
+        where = f"{where} -> {error.filename2}"
+    reason = error.strerror or str(error)
+    advice = _OS_ADVICE.get(error.errno)
+    return f"{where}: {reason}" + (f" ({advice})" if advice else "")
+
+
+def describe_failure(error):
+    """``(exit status, one-line message)`` for a failure a user can meet, or None for anything else
+    (a programming error, which keeps its traceback)."""
+    import tensorflow as tf  # here, so that tf_convert_data's start does not wait for TensorFlow
+
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted; the last checkpoint written (if any) is intact"
+    if isinstance(error, DamagedFileError):
+        return EXIT_DAMAGED, str(error)
+    if isinstance(error, UnicodeDecodeError):
+        return EXIT_USAGE, (f"a file is not valid UTF-8 text ({error.reason} at byte {error.start}); "
+                            "save it as UTF-8")
+    if isinstance(error, (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)):
+        return EXIT_USAGE, _describe_os_error(error) if error.filename is not None else str(error)
+    if isinstance(error, OSError):
+        return EXIT_OS, _describe_os_error(error)
+    if isinstance(error, ValueError):
+        return EXIT_USAGE, str(error)
+    if isinstance(error, tf.errors.OpError):
+        message = first_line(error)
+        if "No space left on device" in message or "Disk quota exceeded" in message:
+            return EXIT_OS, f"{message} (free some space or choose a directory on another disk)"
+        if "Permission denied" in message or "Read-only file system" in message:
+            return EXIT_OS, f"{message} (check the permissions, or choose a directory you can write to)"
+        if isinstance(error, tf.errors.DataLossError):
+            return EXIT_DAMAGED, f"damaged data: {message}"
+        if isinstance(error, tf.errors.ResourceExhaustedError):
+            return EXIT_TENSORFLOW, f"out of memory: {message} (reduce --batch_size or --image_size)"
+        op = f" in op {error.op.name}" if getattr(error, "op", None) is not None else ""
+        return EXIT_TENSORFLOW, f"TensorFlow {type(error).__name__}{op}: {message}"
+    return None
+
+
+def run_command(work, handlers=()):
+    """Runs ``work()`` and returns its exit status (``work``'s own int, else 0: a command's work may
+    return what it made).
+
+    ``handlers``: ``(exception types, exit status, message function or None)`` tried in order before
+    the common mapping (:func:`describe_failure`); each failure becomes one ERROR line."""
+    try:
+        status = work()
+    except BaseException as error:  # noqa: BLE001 - mapped below or re-raised
+        for types_, status, message in handlers:
+            if isinstance(error, types_):
+                logging.error("%s", message(error) if message else error)
+                return status
+        described = describe_failure(error) if isinstance(error, Exception | KeyboardInterrupt) else None
+        if described is None:
+            raise
+        status, message = described
+        logging.error("%s", message)
+        return status
+    return status if isinstance(status, int) and not isinstance(status, bool) else EXIT_OK
