@@ -26,7 +26,9 @@ Exit statuses (also in the README's troubleshooting section):
 
 import dataclasses
 import errno
+import logging as std_logging
 import math
+import threading
 
 from absl import logging
 
@@ -156,9 +158,22 @@ def image_size_problem(text):
 
 
 def first_line(error):
-    """The first non-empty line of an error's message (TensorFlow appends whole graph traces)."""
-    text = (getattr(error, "message", None) or str(error) or "").strip()
-    return text.splitlines()[0].strip() if text else type(error).__name__
+    """The gist of an error's message: its first meaningful line. A TensorFlow error from a session
+    runs pages long: "Graph execution error:", "Detected at node ... defined at", the Python stack,
+    "Node: '<name>'", then the message itself, then the graph's stack again."""
+    text = getattr(error, "message", None) or str(error) or ""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("=")]
+    for index, line in enumerate(lines):
+        if line.startswith("Node: ") and index + 1 < len(lines):
+            return lines[index + 1]
+    skipped = ("Graph execution error:", "Detected at node", "File ", "Original stack trace")
+    meaningful = [line for line in lines if not line.startswith(skipped)]
+    return (meaningful or lines or [type(error).__name__])[0]
+
+
+def _line_with(error, words):
+    text = getattr(error, "message", None) or str(error) or ""
+    return next((line.strip() for line in text.splitlines() if words in line), None)
 
 
 _OS_ADVICE = {
@@ -198,14 +213,20 @@ def describe_failure(error):
         return EXIT_USAGE, _describe_os_error(error) if error.filename is not None else str(error)
     if isinstance(error, OSError):
         return EXIT_OS, _describe_os_error(error)
+    if isinstance(error, (tf.errors.OpError, RuntimeError)):
+        # TensorFlow reports a full disk as a ResourceExhaustedError (a checkpoint write) or a
+        # RuntimeError (the summary writer's flush): the operating system's words tell.
+        for words, advice in (("No space left on device", _OS_ADVICE[errno.ENOSPC]),
+                              ("Disk quota exceeded", _OS_ADVICE[errno.EDQUOT]),
+                              ("Permission denied", _OS_ADVICE[errno.EACCES]),
+                              ("Read-only file system", _OS_ADVICE[errno.EROFS])):
+            line = _line_with(error, words)
+            if line:
+                return EXIT_OS, f"{line} ({advice})"
     if isinstance(error, ValueError):
         return EXIT_USAGE, str(error)
     if isinstance(error, tf.errors.OpError):
         message = first_line(error)
-        if "No space left on device" in message or "Disk quota exceeded" in message:
-            return EXIT_OS, f"{message} (free some space or choose a directory on another disk)"
-        if "Permission denied" in message or "Read-only file system" in message:
-            return EXIT_OS, f"{message} (check the permissions, or choose a directory you can write to)"
         if isinstance(error, tf.errors.DataLossError):
             return EXIT_DAMAGED, f"damaged data: {message}"
         if isinstance(error, tf.errors.ResourceExhaustedError):
@@ -221,6 +242,11 @@ def run_command(work, handlers=()):
 
     ``handlers``: ``(exception types, exit status, message function or None)`` tried in order before
     the common mapping (:func:`describe_failure`); each failure becomes one ERROR line."""
+    previous_hook = threading.excepthook
+    threading.excepthook = _thread_failure_hook(previous_hook)
+    tensorflow_logger = std_logging.getLogger("tensorflow")
+    coordinator_filter = _OneLineCoordinatorErrors()
+    tensorflow_logger.addFilter(coordinator_filter)
     try:
         status = work()
     except BaseException as error:  # noqa: BLE001 - mapped below or re-raised
@@ -234,4 +260,34 @@ def run_command(work, handlers=()):
         status, message = described
         logging.error("%s", message)
         return status
+    finally:
+        threading.excepthook = previous_hook
+        tensorflow_logger.removeFilter(coordinator_filter)
     return status if isinstance(status, int) and not isinstance(status, bool) else EXIT_OK
+
+
+class _OneLineCoordinatorErrors(std_logging.Filter):
+    """TensorFlow's Coordinator logs the error that stops training with its whole traceback and graph
+    stack (pages); the command reports that error itself in one line, so this keeps the gist."""
+
+    def filter(self, record):
+        if str(record.msg).startswith("Error reported to Coordinator"):
+            error = record.exc_info[1] if record.exc_info else (record.args[-1] if record.args else "")
+            record.msg, record.args = "Error reported to Coordinator: %s", (first_line(error),)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _thread_failure_hook(previous_hook):
+    """A ``threading.excepthook`` that turns a background thread's known failure (TensorFlow's event
+    writer thread on a full disk, say) into one line; the main thread then fails with its own."""
+
+    def hook(args):
+        described = describe_failure(args.exc_value) if isinstance(args.exc_value, Exception) else None
+        if described is None:
+            previous_hook(args)
+        else:
+            name = args.thread.name if args.thread is not None else "a background thread"
+            logging.error("%s stopped: %s", name, described[1])
+
+    return hook

@@ -712,7 +712,7 @@ _FAILURES = (
     (train_op_lib.NonFiniteLossError, command_line.EXIT_STOPPED, None),
     ((dataset_factory.DatasetError, cluster.ClusterError), command_line.EXIT_USAGE, None),
     (cluster.LOST_CLUSTER_ERRORS, cluster.LOST_CLUSTER_EXIT_CODE,
-     lambda error: cluster.lost_cluster_message(f"{type(error).__name__}: {cluster.first_line(error)}")),
+     lambda error: cluster.lost_cluster_message(f"{type(error).__name__}: {command_line.first_line(error)}")),
 )
 
 

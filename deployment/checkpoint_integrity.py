@@ -22,7 +22,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from command_line import DamagedFileError
+from command_line import DamagedFileError, first_line
 from tf_compat import tf1
 
 QUARANTINE_DIR = "corrupt_checkpoints"
@@ -35,11 +35,6 @@ class CorruptCheckpointError(DamagedFileError):
         super().__init__(f"checkpoint {prefix} is unreadable ({reason}); {advice}")
         self.prefix = prefix
         self.reason = reason
-
-
-def _first_line(error):
-    text = getattr(error, "message", None) or str(error) or type(error).__name__
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def _fingerprint(prefix):
@@ -77,12 +72,12 @@ def _read_everything(prefix):
         reader = tf.train.load_checkpoint(prefix)
         names = sorted(reader.get_variable_to_shape_map())
     except Exception as error:  # noqa: BLE001 - TensorFlow raises OpError, ValueError, IndexError...
-        return f"its index cannot be read: {_first_line(error)}"
+        return f"its index cannot be read: {first_line(error)}"
     for name in names:
         try:
             reader.get_tensor(name)
         except Exception as error:  # noqa: BLE001
-            return f"tensor {name} cannot be read: {_first_line(error)}"
+            return f"tensor {name} cannot be read: {first_line(error)}"
     return None
 
 

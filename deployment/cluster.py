@@ -42,6 +42,7 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from command_line import first_line
 from tf_compat import tf1
 
 PS_JOB = "ps"
@@ -442,13 +443,6 @@ class LostClusterGuard:
 
         return guarded_train_step_fn
 
-
-def first_line(error):
-    """The first non-empty line of a TensorFlow error's message (they run to pages)."""
-    text = getattr(error, "message", None) or str(error)
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("=")]
-    lines = [line for line in lines if line != "Graph execution error:"] or lines
-    return " ".join(lines[:2]) if lines else type(error).__name__
 
 
 @contextlib.contextmanager

@@ -312,7 +312,30 @@ def test_failures_map_to_one_line_and_a_status_per_family():
         b"caf\xe9".decode("utf-8")
     except UnicodeDecodeError as error:
         assert describe(error)[0] == command_line.EXIT_USAGE
+    session_error = tf.errors.InvalidArgumentError(None, None, "Graph execution error:\n\n===\nbad input at 3\nmore")
+    assert command_line.first_line(session_error) == "bad input at 3"
+    flush = RuntimeError("/run/events.out.tfevents.1; No space left on device\n\tFailed to flush 5 events")
+    assert describe(flush) == (command_line.EXIT_OS, "/run/events.out.tfevents.1; No space left on device "
+                                                     "(free some space or choose a directory on another disk)")
     assert describe(RuntimeError("a bug")) is None  # keeps its traceback
     assert command_line.run_command(lambda: 0.25) == 0  # a command's work may return what it made
     with pytest.raises(RuntimeError):
         command_line.run_command(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
+
+
+def test_the_coordinator_s_error_log_is_one_line_while_a_command_runs(caplog):
+    import logging
+
+    def work():
+        try:
+            raise tf.errors.UnknownError(None, None, "Graph execution error:\n\nNode: 'save/SaveV2'\nx; disk gone\n")
+        except tf.errors.UnknownError as error:
+            logging.getLogger("tensorflow").error("Error reported to Coordinator: %s", str(error),
+                                                  exc_info=(type(error), error, error.__traceback__))
+        return 0
+
+    with caplog.at_level(logging.INFO, logger="tensorflow"):
+        assert command_line.run_command(work) == 0
+    [record] = [r for r in caplog.records if r.name == "tensorflow"]
+    assert record.getMessage() == "Error reported to Coordinator: x; disk gone" and record.exc_info is None
+    assert "Traceback" not in caplog.text
