@@ -99,7 +99,8 @@ def test_kill_9_at_random_moments_then_the_same_command_resumes(tmp_path, sample
     train_dir = str(tmp_path / "run")
     os.makedirs(train_dir)
     command = _command(train_dir, sample_dataset_dir)
-    moments = [KINDS[i] for i in rng.permutation(len(KINDS))] + [str(kind) for kind in rng.choice(KINDS, KILL_POINTS - len(KINDS))]
+    moments = [KINDS[i] for i in rng.permutation(len(KINDS))]  # every kind once, then seeded choices
+    moments += [str(kind) for kind in rng.choice(KINDS, KILL_POINTS - len(KINDS))]
     history = []
     for index, moment in enumerate(moments):
         expected = _expected_resume_step(train_dir)
