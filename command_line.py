@@ -165,10 +165,14 @@ def first_line(error):
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("=")]
     for index, line in enumerate(lines):
         if line.startswith("Node: ") and index + 1 < len(lines):
-            return lines[index + 1]
+            lines = lines[index + 1:]
+            break
     skipped = ("Graph execution error:", "Detected at node", "File ", "Original stack trace")
-    meaningful = [line for line in lines if not line.startswith(skipped)]
-    return (meaningful or lines or [type(error).__name__])[0]
+    meaningful = [line for line in lines if not line.startswith(skipped)] or lines or [type(error).__name__]
+    # "UNAVAILABLE: From /job:worker/replica:0/task:1:" continues on the next line.
+    if meaningful[0].endswith(":") and len(meaningful) > 1:
+        return f"{meaningful[0]} {meaningful[1]}"
+    return meaningful[0]
 
 
 def _line_with(error, words):
