@@ -152,8 +152,8 @@ _define("bool", "allow_growth", False, "Let GPU memory grow on demand instead of
 
 # Logging, summaries, checkpoints.
 _define("integer", "log_every_n_steps", 10, "Log step, losses, learning rate and images/s this often.")
-_define("integer", "save_summaries_secs", 60, "Write TensorBoard summaries this often.")
-_define("integer", "save_interval_secs", 600, "Write a checkpoint this often.")
+_define("integer", "save_summaries_secs", 60, "Write TensorBoard summaries this often (0: after every step).")
+_define("integer", "save_interval_secs", 600, "Write a checkpoint this often (0: only the final one).")
 _define("integer", "max_to_keep", 5, "Checkpoints kept.")
 _define("float", "keep_checkpoint_every_n_hours", 10000.0, "Also keep one checkpoint per this many hours.")
 _define("integer", "num_summary_images", 3, "Training images (after augmentation, with boxes) shown in TensorBoard.")
@@ -205,8 +205,9 @@ OPTION_RULES = {
     "moving_average_decay": unit_interval(low_inclusive=False, high_inclusive=False, optional=True),
     "max_number_of_steps": positive_int(optional=True), "max_train_minutes": positive(optional=True),
     "num_clones": positive_int(), "gpu_memory_fraction": unit_interval(low_inclusive=False),
-    "log_every_n_steps": positive_int(), "save_summaries_secs": positive_int(),
-    "save_interval_secs": positive_int(), "max_to_keep": non_negative_int(),
+    # 0: summaries after every step / no periodic checkpoints (the final one is still written).
+    "log_every_n_steps": positive_int(), "save_summaries_secs": non_negative_int(),
+    "save_interval_secs": non_negative_int(), "max_to_keep": non_negative_int(),
     "keep_checkpoint_every_n_hours": positive(), "num_summary_images": non_negative_int(),
     "task_index": non_negative_int(), "replicas_to_aggregate": positive_int(optional=True),
     "dist_startup_timeout_secs": positive(), "dist_operation_timeout_secs": Rule(),

@@ -56,6 +56,8 @@ def test_every_bad_training_flag_is_named_at_once():
                      "--negative_threshold (0.7) must not exceed --match_threshold (0.5)"):
         assert expected in message, message
     train_ssd_network.validate_options(train_ssd_network.default_options())  # the defaults are valid
+    # 0 means something for these: summaries after every step, only the final checkpoint.
+    train_ssd_network.validate_options(train_ssd_network.default_options(save_summaries_secs=0, save_interval_secs=0))
 
 
 def _run(script, *args, cwd=None, env_dir=None):
