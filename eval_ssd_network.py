@@ -266,11 +266,10 @@ def keep_if_best(eval_dir, checkpoint_prefix, record, metric, train_dir=None):
     return True
 
 
-def evaluate_checkpoint(evaluation, checkpoint_prefix, eval_dir, writer, opts, train_dir=None, out=None,
-                        verified=False):
+def evaluate_checkpoint(evaluation, checkpoint_prefix, eval_dir, writer, opts, train_dir=None, out=None):
     out = out or sys.stdout
-    if not verified:
-        checkpoint_integrity.verify_checkpoint(checkpoint_prefix, "evaluate another checkpoint")
+    # Free for the checkpoint load_model_source already read: checkpoint_integrity remembers sound ones.
+    checkpoint_integrity.verify_checkpoint(checkpoint_prefix, "evaluate another checkpoint")
     result, coco, used_ema = evaluation.run(checkpoint_prefix)
     global_step = ssd_eval.checkpoint_global_step(checkpoint_prefix)
     print(f"\n{checkpoint_prefix} (global step {global_step}, {'EMA' if used_ema else 'raw'} weights) on "
@@ -311,8 +310,7 @@ def evaluate(opts, out=None):
     try:
         for prefix in _chain(pending, prefixes):
             try:
-                records.append(evaluate_checkpoint(evaluation, prefix, eval_dir, writer, opts, source.train_dir, out,
-                                                   verified=prefix == source.checkpoint_prefix))
+                records.append(evaluate_checkpoint(evaluation, prefix, eval_dir, writer, opts, source.train_dir, out))
             except tf.errors.NotFoundError as err:
                 if not opts.wait_for_checkpoints:
                     raise

@@ -72,7 +72,7 @@ def scan_shard(path):
                                                      f"only {size - offset} of its 12 header bytes")
             stream.seek(offset)
             header = stream.read(_HEADER)
-            length_bytes, = struct.unpack("<8s", header[:8])
+            length_bytes = header[:8]
             if struct.unpack("<I", header[8:])[0] != masked_crc32c(length_bytes):
                 return ShardScan(path, records, size, f"record {records + 1} at byte {offset} has a damaged header "
                                                      "(length checksum mismatch)")
