@@ -1,6 +1,6 @@
 """The cluster of a multi-machine run: parse the TF-1 flags, start this task's server, reach the ps.
 
-A multi-machine run is TensorFlow's own distributed runtime (DESIGN.md section 3): every task
+A multi-machine run is TensorFlow's own distributed runtime (docs/design.md, "Devices and towers"): every task
 is started with the same ``--ps_hosts`` and ``--worker_hosts`` (comma-separated ``host:port``)
 and its own ``--job_name`` (``ps`` or ``worker``) and ``--task_index``. A ps task serves
 variables and blocks; worker ``task_index`` trains replica ``task_index``; worker 0 is the
