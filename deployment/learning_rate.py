@@ -1,4 +1,4 @@
-"""Learning-rate schedules counted in global steps (DESIGN.md section 6).
+"""Learning-rate schedules counted in global steps (docs/design.md, "Learning rate and optimizers").
 
 One global step trains on ``batch_size x num_clones x num_replicas`` images, where
 ``num_replicas`` is the number of replicas whose batches one step aggregates

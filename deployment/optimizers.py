@@ -1,4 +1,4 @@
-"""Optimizers by name (DESIGN.md section 6), including AdamW for graph mode.
+"""Optimizers by name (docs/design.md, "Learning rate and optimizers"), including AdamW for graph mode.
 
 ``tf.compat.v1.train`` has no AdamW. :class:`AdamWOptimizer` is Adam with decoupled weight
 decay (Loshchilov & Hutter, "Decoupled Weight Decay Regularization"): each step first

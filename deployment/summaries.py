@@ -1,4 +1,4 @@
-"""TensorBoard summaries of a training run (DESIGN.md section 6).
+"""TensorBoard summaries of a training run (docs/design.md, "Summaries").
 
 Tags written (besides ``global_step/sec``, which the Supervisor of ``slim.learning.train``
 writes itself, and the per-clone ``Losses/clone_i/clone_loss`` and
