@@ -1,10 +1,11 @@
-"""Where training starts: resume, a pre-trained checkpoint, or scratch (DESIGN.md section 6).
+"""Where training starts: resume, a pre-trained checkpoint, or scratch (docs/design.md, "Start-up").
 
-Precedence, decided by :func:`plan_initialization` and logged in one line by
-:func:`get_init_fn`:
+Precedence, decided by :func:`plan_initialization` (which builds nothing, so checkpoint
+inspection uses it for a dry run), logged in one line by :func:`log_plan`; the ``init_fn`` of
+``slim.learning.train`` is :func:`init_fn_from_plan`:
 
-1. a checkpoint in ``train_dir``: resume. ``get_init_fn`` returns ``None`` because the
-   Supervisor of ``slim.learning.train`` restores the whole training state itself.
+1. a checkpoint in ``train_dir``: resume. There is no ``init_fn``: the Supervisor of
+   ``slim.learning.train`` restores the whole training state itself.
 2. ``checkpoint_path`` (a checkpoint prefix or a directory holding one): restore the
    model variables, renaming ``model_scope`` to ``checkpoint_model_scope`` (e.g. a
    ``vgg_16`` ImageNet checkpoint into ``ssd_300_vgg``), leaving out
@@ -45,7 +46,7 @@ SCRATCH = "scratch"
 
 @dataclasses.dataclass
 class InitializationPlan:
-    """What :func:`get_init_fn` does, without doing it (usable for a dry run).
+    """Where training starts and what it restores, decided but not done (usable for a dry run).
 
     Attributes:
       source: 'resume', 'checkpoint' or 'scratch'.
@@ -305,38 +306,3 @@ def log_plan(plan, note=None):
     for detail in plan.details():
         logging.info("Initialization: %s", detail)
 
-
-def get_init_fn(
-    train_dir,
-    checkpoint_path,
-    checkpoint_exclude_scopes=None,
-    checkpoint_model_scope=None,
-    model_scope=None,
-    ignore_missing_vars=False,
-    default_checkpoint_path=DEFAULT_CHECKPOINT_PATH,
-    var_name_map_fn=None,
-    variables_to_restore=None,
-    derive_missing=None,
-    return_plan=False,
-):
-    """The ``init_fn`` for ``slim.learning.train`` (arguments as :func:`plan_initialization`).
-
-    Logs where training starts in one line. Returns ``init_fn`` (None for resume and
-    scratch), or ``(init_fn, plan)`` with ``return_plan=True``. Call it after the whole
-    model is built (it creates a Saver for the restored variables).
-    """
-    plan = plan_initialization(
-        train_dir,
-        checkpoint_path,
-        checkpoint_exclude_scopes=checkpoint_exclude_scopes,
-        checkpoint_model_scope=checkpoint_model_scope,
-        model_scope=model_scope,
-        ignore_missing_vars=ignore_missing_vars,
-        default_checkpoint_path=default_checkpoint_path,
-        var_name_map_fn=var_name_map_fn,
-        variables_to_restore=variables_to_restore,
-        derive_missing=derive_missing,
-    )
-    log_plan(plan)
-    init_fn = init_fn_from_plan(plan)
-    return (init_fn, plan) if return_plan else init_fn

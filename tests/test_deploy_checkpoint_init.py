@@ -1,4 +1,4 @@
-"""get_init_fn: resume > checkpoint_path > scratch, scope mapping, skips, errors."""
+"""Start-up: resume > checkpoint_path > scratch, scope mapping, skips, errors, the log line and init_fn."""
 
 import logging
 import os
@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from deployment import scopes
-from deployment.checkpoint_init import get_init_fn, plan_initialization
+from deployment.checkpoint_init import init_fn_from_plan, log_plan, plan_initialization
 from tf_compat import slim, tf1
 
 
@@ -18,6 +18,13 @@ def build_net(scope, num_classes):
         net = slim.conv2d(images, 4, [3, 3], scope="conv1")
         net = slim.conv2d(net, 4, [3, 3], scope="conv2")
         slim.conv2d(net, num_classes, [1, 1], activation_fn=None, scope="logits")
+
+
+def start_up(train_dir, checkpoint_path, **arguments):
+    """What the trainer does at start-up: plan, log the plan, make the init_fn; returns (init_fn, plan)."""
+    plan = plan_initialization(train_dir, checkpoint_path, **arguments)
+    log_plan(plan)
+    return init_fn_from_plan(plan), plan
 
 
 def save_checkpoint(directory, scope="vgg_16", num_classes=21, seed=0):
@@ -37,7 +44,7 @@ def save_checkpoint(directory, scope="vgg_16", num_classes=21, seed=0):
 def test_scratch_without_checkpoint_path(tmp_path):
     with tf.Graph().as_default():
         build_net("ssd", 4)
-        init_fn, plan = get_init_fn(str(tmp_path), None, return_plan=True)
+        init_fn, plan = start_up(str(tmp_path), None)
         assert init_fn is None
         assert plan.source == "scratch" and len(plan.fresh) == 6
         assert "FROM SCRATCH" in plan.summary_line()
@@ -48,8 +55,7 @@ def test_missing_default_path_warns_and_trains_from_scratch(tmp_path, caplog):
     with tf.Graph().as_default():
         build_net("ssd", 4)
         with caplog.at_level(logging.WARNING):
-            init_fn, plan = get_init_fn(str(tmp_path / "train"), default, default_checkpoint_path=default,
-                                        return_plan=True)
+            init_fn, plan = start_up(str(tmp_path / "train"), default, default_checkpoint_path=default)
         assert init_fn is None and plan.source == "scratch"
         assert "FROM SCRATCH" in caplog.text and "pre_trained" in caplog.text
 
@@ -58,10 +64,10 @@ def test_wrong_path_is_a_clear_error(tmp_path):
     with tf.Graph().as_default():
         build_net("ssd", 4)
         with pytest.raises(FileNotFoundError, match=r"--checkpoint_path .*typo.*does not exist"):
-            get_init_fn(str(tmp_path), str(tmp_path / "typo" / "model.ckpt"))
+            start_up(str(tmp_path), str(tmp_path / "typo" / "model.ckpt"))
         (tmp_path / "empty").mkdir()
         with pytest.raises(FileNotFoundError, match="directory holds no checkpoint"):
-            get_init_fn(str(tmp_path / "train"), str(tmp_path / "empty"))
+            start_up(str(tmp_path / "train"), str(tmp_path / "empty"))
 
 
 def test_scope_mapping_restores_and_skips_class_heads(tmp_path, caplog):
@@ -69,9 +75,9 @@ def test_scope_mapping_restores_and_skips_class_heads(tmp_path, caplog):
     with tf.Graph().as_default():
         build_net("ssd_300_vgg", 4)
         with caplog.at_level(logging.INFO):
-            init_fn, plan = get_init_fn(
+            init_fn, plan = start_up(
                 str(tmp_path / "train"), str(tmp_path / "pre"),  # a directory
-                checkpoint_model_scope="vgg_16", model_scope="ssd_300_vgg", return_plan=True,
+                checkpoint_model_scope="vgg_16", model_scope="ssd_300_vgg",
             )
         assert plan.source == "checkpoint" and plan.checkpoint == prefix
         assert sorted(plan.restore) == sorted(
@@ -129,7 +135,7 @@ def test_resume_beats_pretrained_beats_scratch(tmp_path):
     resume_prefix, _ = save_checkpoint(str(train_dir), scope="ssd", seed=1)
     with tf.Graph().as_default():
         build_net("ssd", 21)
-        init_fn, plan = get_init_fn(str(train_dir), pre_prefix, return_plan=True)
+        init_fn, plan = start_up(str(train_dir), pre_prefix)
         assert init_fn is None  # the Supervisor restores the train_dir checkpoint itself
         assert plan.source == "resume" and plan.checkpoint == resume_prefix
         assert "resuming from" in plan.summary_line()
@@ -165,9 +171,8 @@ def test_shared_vgg16_checkpoint_by_scope_mapping(vgg16_checkpoint, tmp_path):
     with tf.Graph().as_default():
         with tf1.variable_scope("ssd_300_vgg"):
             _vgg16_conv_layers(tf.zeros([1, 32, 32, 3]))
-        init_fn, plan = get_init_fn(
+        init_fn, plan = start_up(
             str(tmp_path), vgg16_checkpoint, checkpoint_model_scope="vgg_16", model_scope="ssd_300_vgg",
-            return_plan=True,
         )
         assert plan.source == "checkpoint"
         assert len(plan.restore) == 26 and not plan.skipped and not plan.missing and not plan.fresh

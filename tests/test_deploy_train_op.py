@@ -238,12 +238,12 @@ def test_describe_nan_guard_error_ignores_other_errors():
 
 def _train_toy(train_dir, pretrained, number_of_steps):
     """One slim.learning.train run the way train_ssd_network.py wires it: 2 clones, init_fn, EMA, frozen conv1."""
-    from deployment.checkpoint_init import get_init_fn
+    from deployment.checkpoint_init import init_fn_from_plan, plan_initialization
 
     with tf.Graph().as_default():
         _, global_step, train = build(num_clones=2, trainable_scopes="net/head", moving_average_decay=0.99)
-        init_fn, plan = get_init_fn(train_dir, pretrained, checkpoint_model_scope="pre", model_scope="net",
-                                    return_plan=True)
+        plan = plan_initialization(train_dir, pretrained, checkpoint_model_scope="pre", model_scope="net")
+        init_fn = init_fn_from_plan(plan)
         slim.learning.train(
             train.train_tensor, train_dir, number_of_steps=number_of_steps, init_fn=init_fn,
             session_config=session_config(), train_step_fn=make_train_step_fn(),
