@@ -85,9 +85,3 @@ def flatten_anchor_layers(layers):
         w = np.broadcast_to(layer.w, (rows, cols, k))
         flat.append(np.stack([cy, cx, h, w], axis=-1).reshape(-1, 4))
     return np.concatenate(flat, axis=0)
-
-
-def centers_to_corners(anchors):
-    """``(cy, cx, h, w)`` -> ``(ymin, xmin, ymax, xmax)``, numpy, any leading shape."""
-    cy, cx, h, w = np.moveaxis(np.asarray(anchors), -1, 0)
-    return np.stack([cy - h / 2.0, cx - w / 2.0, cy + h / 2.0, cx + w / 2.0], axis=-1)

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from nets import anchors as anchors_lib
-from nets import box_coding, layer_outputs, matching, multibox_loss, post_processing, ssd_vgg_common
+from nets import box_coding, custom_layers, matching, multibox_loss, post_processing, ssd_vgg_common
 
 SSDParams = collections.namedtuple(
     "SSDParams",
@@ -52,6 +52,34 @@ blocks (``ssd_vgg_common.ExtraBlock``), feature layers and per-layer anchor size
 reference size) and normalisations."""
 
 PARAM_NAMES = frozenset(SSDParams._fields)
+
+# The paper's anchor shapes: a layer with 4 anchors per cell adds boxes of ratio 2 and 1/2 to its
+# two squares, one with 6 also 3 and 1/3.
+RATIOS_BY_ANCHORS_PER_CELL = {4: (2, 0.5), 6: (2, 0.5, 3, 1.0 / 3)}
+
+
+def vgg16_architecture(name, img_size, extra_blocks, anchor_sizes, anchors_per_cell, anchor_steps):
+    """An :class:`Architecture` on VGG-16 laid out as SSD300 and SSD512 are (docs/design.md, "The network").
+
+    The feature layers are conv4_3 (``block4``, L2-normalised with a scale initialised to
+    :data:`nets.custom_layers.L2_NORMALIZATION_SCALE`), conv7 (``block7``) and every extra block,
+    in that order; per feature layer ``anchor_sizes`` (pixels at ``img_size`` x ``img_size``),
+    ``anchors_per_cell`` (4 or 6, see :data:`RATIOS_BY_ANCHORS_PER_CELL`) and ``anchor_steps``.
+    """
+    feat_layers = ("block4", "block7") + tuple(block.name for block in extra_blocks)
+    if not len(feat_layers) == len(anchor_sizes) == len(anchors_per_cell) == len(anchor_steps):
+        raise ValueError(f"{name}: anchor_sizes, anchors_per_cell and anchor_steps need one entry per feature "
+                         f"layer {feat_layers}")
+    return Architecture(
+        name=name,
+        reference_img_shape=(img_size, img_size),
+        extra_blocks=tuple(extra_blocks),
+        feat_layers=feat_layers,
+        anchor_sizes=tuple(anchor_sizes),
+        anchor_ratios=tuple(RATIOS_BY_ANCHORS_PER_CELL[count] for count in anchors_per_cell),
+        reference_anchor_steps=tuple(anchor_steps),
+        normalizations=(custom_layers.L2_NORMALIZATION_SCALE,) + (-1,) * (len(feat_layers) - 1),
+    )
 
 
 def uniform_steps(img_shape, feat_shapes):
@@ -166,12 +194,6 @@ class SSDNet:
             return matching.bboxes_encode(
                 labels, boxes, self.flat_anchors(), match_threshold, negative_threshold, self.params.prior_scaling
             )
-
-    def bboxes_decode(self, localisations, scope=None):
-        """Boxes (ymin, xmin, ymax, xmax) [B, A, 4] from offsets [B, A, 4] or per-layer lists."""
-        with tf.name_scope(scope or "ssd_bboxes_decode"):
-            offsets = layer_outputs.flatten_layers(localisations, 1)
-            return box_coding.decode(offsets, self.flat_anchors(), self.params.prior_scaling)
 
     def losses(self, logits, localisations, targets, negative_ratio=3.0, alpha=1.0, label_smoothing=0.0,
                normaliser=None, scope=None):

@@ -1,6 +1,9 @@
 """SSD512 on VGG-16 (``ssd_512_vgg``): 7 feature layers, 24564 anchors at 512x512.
 
-Reference numbers: DESIGN.md section 5 (SSD-Tensorflow's and the paper's SSD512).
+Every extra block halves its map (padded 3x3 convolutions of stride 2) down to 2x2, and block12's
+padded 4x4 convolution makes the last 1x1 map. At 512x512 the steps are exactly input / map size.
+The numbers are the paper's and SSD-Tensorflow's: docs/design.md, "The network", tables them
+beside SSD300's.
 """
 
 from nets import ssd_net
@@ -8,17 +11,19 @@ from nets.ssd_vgg_common import ExtraBlock
 
 NAME = "ssd_512_vgg"
 
-ARCHITECTURE = ssd_net.Architecture(
-    name=NAME,
-    reference_img_shape=(512, 512),
+# A padded 3x3 convolution of stride 2: halves the map (rounding up).
+_HALVING = dict(kernel=3, stride=2, pad=1)
+
+ARCHITECTURE = ssd_net.vgg16_architecture(
+    NAME,
+    img_size=512,
     extra_blocks=(
-        ExtraBlock("block8", bottleneck=256, channels=512, kernel=3, stride=2, pad=1),
-        ExtraBlock("block9", bottleneck=128, channels=256, kernel=3, stride=2, pad=1),
-        ExtraBlock("block10", bottleneck=128, channels=256, kernel=3, stride=2, pad=1),
-        ExtraBlock("block11", bottleneck=128, channels=256, kernel=3, stride=2, pad=1),
+        ExtraBlock("block8", bottleneck=256, channels=512, **_HALVING),
+        ExtraBlock("block9", bottleneck=128, channels=256, **_HALVING),
+        ExtraBlock("block10", bottleneck=128, channels=256, **_HALVING),
+        ExtraBlock("block11", bottleneck=128, channels=256, **_HALVING),
         ExtraBlock("block12", bottleneck=128, channels=256, kernel=4, stride=1, pad=1),
     ),
-    feat_layers=("block4", "block7", "block8", "block9", "block10", "block11", "block12"),
     anchor_sizes=(
         (20.48, 51.2),
         (51.2, 133.12),
@@ -28,23 +33,6 @@ ARCHITECTURE = ssd_net.Architecture(
         (378.88, 460.8),
         (460.8, 542.72),
     ),
-    anchor_ratios=(
-        (2, 0.5),
-        (2, 0.5, 3, 1.0 / 3),
-        (2, 0.5, 3, 1.0 / 3),
-        (2, 0.5, 3, 1.0 / 3),
-        (2, 0.5, 3, 1.0 / 3),
-        (2, 0.5),
-        (2, 0.5),
-    ),
-    reference_anchor_steps=(8, 16, 32, 64, 128, 256, 512),
-    normalizations=(20, -1, -1, -1, -1, -1, -1),
+    anchors_per_cell=(4, 6, 6, 6, 6, 4, 4),
+    anchor_steps=(8, 16, 32, 64, 128, 256, 512),
 )
-
-
-def default_params(img_shape=None, num_classes=21):
-    return ssd_net.default_params(ARCHITECTURE, img_shape, num_classes)
-
-
-def SSDNet(params=None):  # noqa: N802  (reads like the class it builds, as in SSD-Tensorflow)
-    return ssd_net.SSDNet(ARCHITECTURE, params or default_params())

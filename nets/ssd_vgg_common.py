@@ -19,6 +19,7 @@ import collections
 
 import tensorflow as tf
 
+from nets import anchors as anchors_lib
 from nets import custom_layers
 from tf_compat import slim
 
@@ -130,7 +131,7 @@ def multibox_head(inputs, num_classes, sizes, ratios, normalization):
         net = custom_layers.l2_normalization(
             net, scaling=True, scale_initializer=tf.compat.v1.constant_initializer(float(normalization))
         )
-    num_anchors = len(sizes) + len(ratios)
+    num_anchors = anchors_lib.num_anchors_per_cell(sizes, ratios)
     loc = custom_layers.conv2d(net, num_anchors * 4, [3, 3], activation_fn=None, scope="conv_loc")
     loc = custom_layers.channel_to_last(loc)
     cls = custom_layers.conv2d(net, num_anchors * num_classes, [3, 3], activation_fn=None, scope="conv_cls")

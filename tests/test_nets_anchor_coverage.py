@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from datasets import converter, dataset_factory
-from nets import anchor_coverage, anchors as anchors_lib, nets_factory
+from nets import anchor_coverage, nets_factory
+from test_nets_anchors import centers_to_corners
 from tf_compat import tf1
 
 
@@ -16,7 +17,7 @@ def _statistics(net, labels, boxes):
 
 def test_hand_worked_boxes():
     net = nets_factory.get_network("ssd_300_vgg", img_shape=(96, 96))
-    anchor = anchors_lib.centers_to_corners(net.flat_anchors()[7])  # a box equal to one anchor: best IoU 1
+    anchor = centers_to_corners(net.flat_anchors()[7])  # a box equal to one anchor: best IoU 1
     tiny = [0.5, 0.5, 0.51, 0.52]  # 0.96 x 1.92 input pixels: far smaller than any anchor
     labels = np.array([[2, 1, 0]])
     boxes = np.array([[anchor, tiny, [0.1, 0.1, 0.9, 0.9]]], np.float32)

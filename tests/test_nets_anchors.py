@@ -7,6 +7,12 @@ from nets import anchors as anchors_lib
 from nets import nets_factory
 
 
+def centers_to_corners(anchors):
+    """``(cy, cx, h, w)`` -> ``(ymin, xmin, ymax, xmax)``, numpy, any leading shape (the tests' reference)."""
+    cy, cx, h, w = np.moveaxis(np.asarray(anchors), -1, 0)
+    return np.stack([cy - h / 2.0, cx - w / 2.0, cy + h / 2.0, cx + w / 2.0], axis=-1)
+
+
 def _cell(net, layer_index, row, col):
     """The K anchors (cy, cx, h, w) of one cell, read from the flattened array."""
     params = net.params

@@ -6,8 +6,8 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nets import anchors as anchors_lib
 from nets import matching, nets_factory
+from test_nets_anchors import centers_to_corners
 from tf_compat import tf1
 
 SCALING = (0.1, 0.1, 0.2, 0.2)
@@ -54,7 +54,7 @@ def reference_bipartite(iou, valid):
 
 def reference_targets(labels, boxes, anchors, match_threshold=0.5, negative_threshold=None):
     """The paper's rule: bipartite stage, then each other anchor takes its best box at IoU >= threshold."""
-    corners = anchors_lib.centers_to_corners(anchors).astype(np.float32)
+    corners = centers_to_corners(anchors).astype(np.float32)
     num_anchors, num_boxes = len(anchors), len(labels)
     valid = np.array([labels[n] > 0 and boxes[n][2] > boxes[n][0] and boxes[n][3] > boxes[n][1]
                       for n in range(num_boxes)], bool)
@@ -197,7 +197,7 @@ def test_box_smaller_than_any_anchor_still_gets_its_best_anchor(small_anchors):
 
 
 def test_near_duplicate_boxes_competing_for_one_anchor_both_get_one(small_anchors):
-    corners = anchors_lib.centers_to_corners(small_anchors)
+    corners = centers_to_corners(small_anchors)
     target = corners[5].astype(np.float32)  # a block4 anchor both boxes fit best
     shrink = np.array([0.002, 0.002, -0.002, -0.002], np.float32)
     boxes = np.stack([target + 2 * shrink, target + shrink])
