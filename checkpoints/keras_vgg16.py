@@ -31,29 +31,29 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from nets.ssd_vgg_common import VGG16_BLOCKS
+from nets.vgg_checkpoint import CHECKPOINT_SCOPE
 from tf_compat import tf1
 
-CHECKPOINT_SCOPE = "vgg_16"
 # ImageNet means the project subtracts from RGB input (TF-Slim / SSD-Tensorflow values).
 RGB_MEANS = (123.68, 116.78, 103.94)
 
-# Keras layer name -> (TF-Slim scope under vgg_16, input channels, output channels).
-CONV_LAYERS = {
-    f"block{block}_conv{index}": (f"conv{block}/conv{block}_{index}", channels_in, channels_out)
-    for block, layer_channels in enumerate(
-        (
-            ((3, 64), (64, 64)),
-            ((64, 128), (128, 128)),
-            ((128, 256), (256, 256), (256, 256)),
-            ((256, 512), (512, 512), (512, 512)),
-            ((512, 512), (512, 512), (512, 512)),
-        ),
-        start=1,
-    )
-    for index, (channels_in, channels_out) in enumerate(layer_channels, start=1)
-}
-FC6_SHAPE = (7, 7, 512, 4096)
+
+def _conv_layers():
+    layers = {}
+    channels_in = 3
+    for block, (scope, num_convs, channels_out) in enumerate(VGG16_BLOCKS, start=1):
+        for index in range(1, num_convs + 1):
+            layers[f"block{block}_conv{index}"] = (f"{scope}/{scope}_{index}", channels_in, channels_out)
+            channels_in = channels_out
+    return layers
+
+
+# Keras layer name -> (TF-Slim scope under vgg_16, input channels, output channels), from VGG16_BLOCKS.
+CONV_LAYERS = _conv_layers()
+FC6_SHAPE = (7, 7, VGG16_BLOCKS[-1][2], 4096)  # a 7x7 VALID convolution over pool5
 FC7_SHAPE = (1, 1, 4096, 4096)
+
 
 class KerasWeightsError(ValueError):
     """The file is not a Keras VGG-16 weights file this converter can read."""

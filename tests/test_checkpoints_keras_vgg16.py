@@ -300,22 +300,17 @@ def test_missing_layer_is_named_with_the_file(tmp_path):
         keras_vgg16.convert(path, tmp_path / "out.ckpt")
 
 
-def test_wrong_kernel_shape_is_named_with_layer_and_shapes(tmp_path):
+@pytest.mark.parametrize("layer, kernel_shape, expected", [
+    ("block2_conv1", (3, 3, 64, 64),
+     r"wrong\.h5: layer 'block2_conv1' kernel has shape \[3, 3, 64, 64\], expected \[3, 3, 64, 128\]"),
+    ("block1_conv1", (64, 3, 3, 3), "channels-first"),  # a Theano-ordered file gets a hint
+])
+def test_wrong_kernel_shape_is_named_with_layer_and_shapes(tmp_path, layer, kernel_shape, expected):
     weights = _small_weights()
-    weights["block2_conv1"] = (np.zeros((3, 3, 64, 64), np.float32), np.zeros(64, np.float32))
+    weights[layer] = (np.zeros(kernel_shape, np.float32), np.zeros(64, np.float32))
     path = tmp_path / "wrong.h5"
     _write_legacy_h5(path, weights, naming="keras1", layer_order=list(weights))
-    expected = r"wrong\.h5: layer 'block2_conv1' kernel has shape \[3, 3, 64, 64\], expected \[3, 3, 64, 128\]"
     with pytest.raises(keras_vgg16.KerasWeightsError, match=expected):
-        keras_vgg16.convert(path, tmp_path / "out.ckpt")
-
-
-def test_channels_first_file_gets_a_hint(tmp_path):
-    weights = _small_weights()
-    weights["block1_conv1"] = (np.zeros((64, 3, 3, 3), np.float32), np.zeros(64, np.float32))
-    path = tmp_path / "th.h5"
-    _write_legacy_h5(path, weights, naming="keras1", layer_order=list(weights))
-    with pytest.raises(keras_vgg16.KerasWeightsError, match="channels-first"):
         keras_vgg16.convert(path, tmp_path / "out.ckpt")
 
 
