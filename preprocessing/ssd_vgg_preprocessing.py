@@ -29,6 +29,7 @@ the mean colour, centred), subtract the means, and return ``info`` from which
 """
 
 import dataclasses
+import inspect
 
 import numpy as np
 import tensorflow as tf
@@ -149,6 +150,17 @@ def _out_shape(out_shape):
     return int(out_shape[0]), int(out_shape[1])
 
 
+def _stage_arguments(options, stage, prefix="", **fields):
+    """The keyword arguments of the stage function ``stage`` from ``options``: every parameter with a
+    default takes the :class:`TrainAugmentation` field ``prefix + parameter`` (``fields`` names the
+    exceptions), so a field the stage needs and the options lack fails at once."""
+    return {
+        name: getattr(options, fields.get(name, prefix + name))
+        for name, parameter in inspect.signature(stage).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
 def subtract_means(image, rgb_means=RGB_MEANS):
     """float32 RGB in [0, 255] minus the per-channel means."""
     return tf.cast(image, tf.float32) - tf.constant(rgb_means, tf.float32)
@@ -177,42 +189,25 @@ def preprocess_for_train(image, labels, boxes, difficult, out_shape, seed, optio
         seed = seeds.as_stateless_seed(seed)
         image = tf.cast(image, tf.float32) / 255.0
         if options.photometric:
-            image = photometric.random_photometric_distortion(
-                image,
-                seed,
-                brightness_probability=options.brightness_probability,
-                brightness_max_delta=options.brightness_max_delta,
-                contrast_probability=options.contrast_probability,
-                contrast_range=options.contrast_range,
-                saturation_probability=options.saturation_probability,
-                saturation_range=options.saturation_range,
-                hue_probability=options.hue_probability,
-                hue_max_delta=options.hue_max_delta,
-                random_order=options.photometric_random_order,
-                channel_swap_probability=options.channel_swap_probability,
-            )
+            image = photometric.random_photometric_distortion(image, seed, **_stage_arguments(
+                options, photometric.random_photometric_distortion, random_order="photometric_random_order"))
         # Subtracting the mean first makes the zoom-out fill colour zero for render_window.
         image = subtract_means(image * 255.0, options.rgb_means)
 
         window = tf.constant(box_ops.IMAGE_WINDOW, tf.float32)
         if options.expand:
-            window = box_ops.random_expand_window(seed, options.expand_max_ratio, options.expand_probability)
+            window = box_ops.random_expand_window(
+                seed, **_stage_arguments(options, box_ops.random_expand_window, "expand_"))
             boxes = box_ops.boxes_in_window(boxes, window)
         if options.crop:
             crop = box_ops.sample_min_iou_crop(
-                boxes,
-                seed,
-                min_iou_choices=options.crop_min_iou_choices,
-                max_iou=options.crop_max_iou,
-                max_trials=options.crop_max_trials,
-                scale_range=options.crop_scale_range,
-                aspect_ratio_range=options.crop_aspect_ratio_range,
-            )
+                boxes, seed, **_stage_arguments(options, box_ops.sample_min_iou_crop, "crop_"))
             boxes, labels, difficult = box_ops.crop_boxes(crop, boxes, labels, difficult)
             window = box_ops.window_in_frame(crop, window)
         flip = False
         if options.flip:
-            boxes, flip = box_ops.random_flip_left_right(boxes, seed, options.flip_probability)
+            boxes, flip = box_ops.random_flip_left_right(
+                boxes, seed, **_stage_arguments(options, box_ops.random_flip_left_right, "flip_"))
         boxes, labels, difficult = box_ops.remove_degenerate_boxes(boxes, labels, difficult)
         image = box_ops.render_window(image, window, out_shape, flip=flip, method=options.interpolation)
         image = tf.ensure_shape(image, [out_shape[0], out_shape[1], 3])
