@@ -12,7 +12,7 @@ import os
 import sys
 
 PROJECT_ROOT = os.path.dirname(os.path.abspath(__file__))
-PROJECT_PACKAGES = ("datasets", "nets", "preprocessing", "deployment", "checkpoints", "evaluation")
+PROJECT_PACKAGES = ("datasets", "nets", "preprocessing", "deployment", "checkpoints", "evaluation", "training")
 MARKER = "__ssd_towers__"
 
 

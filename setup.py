@@ -28,7 +28,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["datasets", "nets", "preprocessing", "deployment", "checkpoints", "evaluation"],
+    packages=["datasets", "nets", "preprocessing", "deployment", "checkpoints", "evaluation", "training"],
     py_modules=["tf_compat", "package_guard", "command_line", *SCRIPTS.values()],
     install_requires=[
         # tf_compat.py patches tf-slim 1.1.0 for TensorFlow 2.21 exactly; other

@@ -77,18 +77,17 @@ def is_class_head(name):
 def network_variables(model_name, num_classes, seed=0, with_head_values=False):
     """The model variables the network builds for ``num_classes``.
 
-    Builds the network (the trainer's arg scope, reference input size: kernel shapes do not
+    Builds the network (the network function all commands use, reference input size: kernel shapes do not
     depend on it) in a graph of its own. Returns ``(net, {name: shape}, {head name: value})``; the
     head values come from the network's initialisers with graph seed ``seed`` and are only
     computed with ``with_head_values``.
     """
-    net = nets_factory.get_network(model_name, num_classes=num_classes)
+    network_fn = nets_factory.get_network_fn(model_name, num_classes)
+    net = network_fn.net
     height, width = net.params.img_shape
     with tf.Graph().as_default():
         tf1.set_random_seed(seed)
-        images = tf1.placeholder(tf.float32, [1, height, width, 3], name="images")
-        with slim.arg_scope(net.arg_scope()):
-            net.net(images, is_training=False)
+        network_fn(tf1.placeholder(tf.float32, [1, height, width, 3], name="images"))
         variables = {v.op.name: v for v in slim.get_model_variables()}
         shapes = {name: tuple(v.shape.as_list()) for name, v in variables.items()}
         head_values = {}

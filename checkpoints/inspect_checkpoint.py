@@ -7,16 +7,16 @@ lists the checkpoint's variables and shapes, says for each whether the network r
 skips it (shape differs: class heads of another class count) or does not use it, lists the
 network's variables that start fresh, and ends with the line the trainer logs.
 
-It takes the trainer's own flags (``train_ssd_network.py``: ``--train_dir``, ``--model_name``,
+It takes the trainer's own flags (:class:`training.config.TrainingConfig`: ``--train_dir``, ``--model_name``,
 ``--image_size``, ``--checkpoint_exclude_scopes``, ``--ignore_missing_vars``, ``--optimizer``, ...)
 and builds what the trainer builds, then asks ``deployment.checkpoint_init.plan_initialization``
 with the arguments the trainer passes, so its counts are the trainer's by construction:
 
-- by default the whole training graph (``train_ssd_network.build_training_graph``) for the
+- by default the whole training graph (:func:`training.graph.build_training_graph`) for the
   dataset of ``--dataset_dir`` (or the built-in sample dataset, as the trainer): every count of
   the summary line, "initialised fresh" included, is what the trainer logs;
-- with ``--num_classes=N`` (background included) no dataset is needed: the network is built
-  once per clone by the trainer's clone function from stand-in batches. Restored, skipped,
+- with ``--num_classes=N`` (background included) no dataset is needed: the network function the
+  trainer's towers use is built on a stand-in batch of images. Restored, skipped,
   excluded and missing are the trainer's; "initialised fresh" then counts model variables only
   (the trainer adds ``global_step``, optimizer slots and the other training state).
 
@@ -34,15 +34,17 @@ import package_guard  # noqa: E402
 
 package_guard.ensure_project_packages()
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import train_ssd_network  # noqa: E402  (defines the trainer's flags, which this command takes)
+import command_line  # noqa: E402
 from datasets import dataset_factory  # noqa: E402
 from deployment import checkpoint_init, model_deploy  # noqa: E402
-from nets import matching, nets_factory  # noqa: E402
+from nets import nets_factory  # noqa: E402
 from tf_compat import slim, tf1  # noqa: E402
+from training import graph as graph_lib, plan as plan_lib  # noqa: E402
+from training.config import TrainingConfig, define_flags  # noqa: E402
 
 
 RESTORE = "restore"
@@ -139,51 +141,32 @@ class Inspection:
         return lines
 
 
-class _StandInBatches:
-    """What the trainer's input iterator yields, as placeholders: the clone function builds on them."""
-
-    def __init__(self, opts, net):
-        height, width = net.params.img_shape
-        batch = {
-            "image": tf1.placeholder(tf.float32, [opts.batch_size, height, width, 3], name="image"),
-            "labels": tf1.placeholder(tf.int64, [opts.batch_size, None], name="labels"),
-            "boxes": tf1.placeholder(tf.float32, [opts.batch_size, None, 4], name="boxes"),
-        }
-        if opts.encode_targets_in == "input":
-            batch.update(matching.targets_to_dict(net.bboxes_encode(
-                batch["labels"], batch["boxes"], match_threshold=opts.match_threshold,
-                negative_threshold=opts.negative_threshold)))
-        self._batch = batch
-
-    def get_next(self):
-        return self._batch
-
-
-def build_network_only(opts, num_classes):
-    """The network (with its loss) once per clone, as the trainer's clone function builds it."""
-    deploy_config = model_deploy.DeploymentConfig(num_clones=opts.num_clones, clone_on_cpu=opts.clone_on_cpu)
-    tf1.set_random_seed(opts.seed)
-    net = train_ssd_network.build_network(opts, num_classes)
-    with tf1.device(deploy_config.inputs_device()), tf.name_scope("input"):
-        batches = _StandInBatches(opts, net)
-    train_ssd_network.build_clones(opts, net, batches, deploy_config)
+def build_network_only(config, num_classes):
+    """The network's model variables, as the trainer's towers create them (the network function on a
+    stand-in batch of images; the loss and the other towers create no variables)."""
+    tf1.set_random_seed(config.seed)
+    net = graph_lib.build_network(config, num_classes)
+    height, width = net.params.img_shape
+    images = tf1.placeholder(tf.float32, [config.batch_size, height, width, 3], name="image")
+    nets_factory.network_fn_of(net, weight_decay=config.weight_decay, is_training=True,
+                               data_format=config.data_format, dropout_keep_prob=config.dropout_keep_prob)(images)
     return net
 
 
-def build_training_graph(opts, model_scope):
+def build_training_graph(config, model_scope):
     """The trainer's whole training graph for the dataset the options name; returns (net, TrainingPlan)."""
-    spec = train_ssd_network.resolve_dataset(opts)
-    plan = train_ssd_network.resolve_training_plan(opts, model_scope, spec.num_samples,
-                                                   opts.batch_size * opts.num_clones)
-    graph = train_ssd_network.build_training_graph(opts, spec, frozen_scopes=plan.frozen_scopes,
-                                                   new_layers_only_steps=plan.new_layers_only_steps)
+    spec = plan_lib.resolve_dataset(config)
+    plan = plan_lib.resolve_training_plan(config, model_scope, spec.num_samples, config.images_per_clone_step)
+    deploy_config = model_deploy.DeploymentConfig(num_clones=config.num_clones, clone_on_cpu=config.clone_on_cpu)
+    graph = graph_lib.build_training_graph(config, spec, deploy_config, frozen_scopes=plan.frozen_scopes,
+                                           new_layers_only_steps=plan.new_layers_only_steps)
     return graph.net, plan
 
 
 def inspect(opts, num_classes=None):
     """Builds the graph (see the module docstring) and plans the initialisation; returns :class:`Inspection`.
 
-    ``opts`` are the trainer's options (``train_ssd_network.default_options(...)``).
+    ``opts`` is the trainer's :class:`training.config.TrainingConfig`.
 
     Raises:
       FileNotFoundError: ``checkpoint_path`` names no checkpoint (as in the trainer).
@@ -192,13 +175,13 @@ def inspect(opts, num_classes=None):
     model_scope = nets_factory.get_network(opts.model_name).name
     with tf.Graph().as_default():
         if num_classes:
-            training_plan = train_ssd_network.resolve_training_plan(opts, model_scope)
+            training_plan = plan_lib.resolve_training_plan(opts, model_scope)
             net = build_network_only(opts, num_classes)
         else:
             net, training_plan = build_training_graph(opts, model_scope)
         model_variables = {v.op.name: tuple(v.shape.as_list()) for v in slim.get_model_variables()}
         num_global_variables = len(tf1.global_variables())
-        arguments = train_ssd_network.initialization_arguments(opts, net)
+        arguments = plan_lib.initialization_arguments(opts, net)
         error = None
         try:
             plan = checkpoint_init.plan_initialization(opts.train_dir, opts.checkpoint_path, **arguments)
@@ -220,29 +203,23 @@ def inspect(opts, num_classes=None):
                       checkpoint_shapes=checkpoint_shapes, training_note=training_note)
 
 
-def _define_num_classes_flag():
-    # Defined when the command runs, not on import: other modules importing this one may have their own.
-    if "num_classes" not in flags.FLAGS:
-        flags.DEFINE_integer("num_classes", None,
-                             "Class count (background included) to build the network for, instead of the "
-                             "dataset's; then no dataset is read and 'initialised fresh' counts model variables only.")
+FLAGS = define_flags(flags.FlagValues())
+flags.DEFINE_integer("num_classes", None,
+                     "Class count (background included) to build the network for, instead of the dataset's; then no "
+                     "dataset is read and 'initialised fresh' counts model variables only.", flag_values=FLAGS)
 
 
 def main(argv=None):
-    _define_num_classes_flag()
-
-    def run(unused_argv):
-        tf1.disable_eager_execution()
-        logging.set_verbosity(logging.WARNING)
-        try:
-            result = inspect(train_ssd_network.options_from_flags(), num_classes=flags.FLAGS.num_classes)
-        except (FileNotFoundError, ValueError, dataset_factory.DatasetError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        print("\n".join(result.lines()))
-        return 1 if result.error else 0
-
-    app.run(lambda argv: sys.exit(run(argv)), argv=argv)
+    command_line.parse_flags(FLAGS, argv, __doc__)
+    tf1.disable_eager_execution()
+    logging.set_verbosity(logging.WARNING)
+    try:
+        result = inspect(TrainingConfig.from_flags(FLAGS), num_classes=FLAGS.num_classes)
+    except (FileNotFoundError, ValueError, dataset_factory.DatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print("\n".join(result.lines()))
+    sys.exit(1 if result.error else 0)
 
 
 if __name__ == "__main__":

@@ -59,13 +59,13 @@ summed over clones, are their average; the regularization losses are added once,
 the first clone. :func:`deploy` runs the update ops of the first clone only and merges
 the summaries that existed before it, those of the first clone and ``total_loss``.
 
-Summary tags are TF-Slim's, produced the way TF-Slim produces them: each clone's loss
-summary is named ``'Losses/<clone scope>/clone_loss'`` and the regularization one
-``'Losses/regularization_loss'``, both inside the clone's name scope, and a TF 1 summary
-tag carries its enclosing name scope. One clone: ``Losses/clone_loss`` and
-``Losses/regularization_loss``; two clones: ``clone_0/Losses/clone_0//clone_loss``,
-``clone_1/Losses/clone_1//clone_loss`` and ``clone_0/Losses/regularization_loss``.
-:func:`deploy` adds ``total_loss``.
+Summary tags are the ones TF-Slim's code names: each clone's loss ``Losses/<clone
+scope>/clone_loss`` and the regularization loss ``Losses/regularization_loss`` (one clone:
+``Losses/clone_loss``; two: ``Losses/clone_0/clone_loss``, ``Losses/clone_1/clone_loss``).
+TF-Slim's own module creates them with ``tf.summary.scalar`` inside the clone's name scope,
+where TF 1 prefixes the tag with that scope (``clone_1/Losses/clone_1//clone_loss``); here the
+tags are exactly the names written, so TensorBoard groups the clones' losses under ``Losses``. :func:`deploy` adds ``total_loss`` (TF 1
+makes its tag ``total_loss_1``: the op ``total_loss`` exists already, as in TF-Slim).
 
 Compatible additions (keyword arguments whose defaults give TF-Slim's behaviour)
 ---------------------------------------------------------------------------------
@@ -421,10 +421,21 @@ def _gather_clone_loss(clone, num_clones, regularization_losses, summary_device=
             sum_loss = tf.add_n(all_losses)
     with _device_or_enclosing(summary_device):
         if clone_loss is not None:
-            tf1.summary.scalar("/".join(filter(None, ["Losses", clone.scope, "clone_loss"])), clone_loss)
+            _scalar_summary("/".join(filter(None, ["Losses", clone.scope.strip("/"), "clone_loss"])), clone_loss)
         if regularization_loss is not None:
-            tf1.summary.scalar("Losses/regularization_loss", regularization_loss)
+            _scalar_summary("Losses/regularization_loss", regularization_loss)
     return sum_loss
+
+
+def _scalar_summary(tag, tensor):
+    """A scalar summary tagged exactly ``tag``, its op in the current name scope.
+
+    ``tf.compat.v1.summary.scalar`` would prefix the tag with the clone's name scope (TF-Slim's own
+    module shows ``clone_1/Losses/clone_1//clone_loss``); the op stays in the clone's scope so that
+    :func:`deploy` still finds the first clone's summaries by scope."""
+    summary = tf1.raw_ops.ScalarSummary(tags=tag, values=tensor, name=tag.rsplit("/", 1)[-1] + "_summary")
+    tf1.add_to_collection(tf1.GraphKeys.SUMMARIES, summary)
+    return summary
 
 
 def _device_or_enclosing(device):

@@ -1,7 +1,8 @@
 """The inference graph shared by evaluation, export and detection, and how a checkpoint is opened.
 
 * :func:`load_model_source` resolves ``--checkpoint_path`` (a prefix or a training directory)
-  and reads the training directory's ``training_config.json``, so that a network trained
+  and reads the training directory's ``training_config.json``
+  (:class:`training.config.TrainingRecord`), so that a network trained
   there is rebuilt with the same input size, class count and class names without the user
   repeating them (explicit arguments override).
 * :func:`check_checkpoint_classes` compares the class count a network expects with the
@@ -15,7 +16,6 @@
 """
 
 import dataclasses
-import json
 import os
 import re
 
@@ -27,8 +27,7 @@ from deployment import checkpoint_integrity
 from nets import nets_factory
 from preprocessing import ssd_vgg_preprocessing
 from tf_compat import slim, tf1
-
-TRAINING_CONFIG = "training_config.json"
+from training.config import CONFIG_FILE as TRAINING_CONFIG, TrainingRecord
 EMA_SUFFIX = "ExponentialMovingAverage"
 DEFAULT_MODEL_NAME = "ssd_300_vgg"
 
@@ -56,13 +55,12 @@ class ModelSource:
 
     checkpoint_prefix: str
     train_dir: str  # the folder holding the checkpoint
-    config: dict | None  # training_config.json, when present
+    record: TrainingRecord | None  # its training_config.json, when present
 
     @property
     def config_labels(self):
         """{label id: name} recorded by training (background included), or None."""
-        labels = ((self.config or {}).get("dataset") or {}).get("labels")
-        return {int(k): v for k, v in labels.items()} if labels else None
+        return self.record.labels if self.record else None
 
 
 def find_checkpoint(path):
@@ -79,18 +77,6 @@ def find_checkpoint(path):
     raise FileNotFoundError(f"{path}: no such checkpoint (neither a directory nor a prefix with a .index file)")
 
 
-def read_training_config(directory):
-    """The training_config.json in ``directory`` as a dict, or None when there is none."""
-    path = os.path.join(directory, TRAINING_CONFIG)
-    if not tf.io.gfile.exists(path):
-        return None
-    try:
-        with tf.io.gfile.GFile(path, "r") as stream:
-            return json.loads(stream.read())
-    except (ValueError, OSError, tf.errors.OpError) as err:
-        raise ValueError(f"{path}: cannot read the training configuration ({err})") from None
-
-
 def load_model_source(checkpoint_path):
     """The checkpoint ``checkpoint_path`` names (read end to end first: a damaged one is named in a
     CorruptCheckpointError), its training directory and that directory's training config."""
@@ -98,17 +84,7 @@ def load_model_source(checkpoint_path):
     checkpoint_integrity.verify_checkpoint(
         prefix, "pass an older checkpoint prefix as --checkpoint_path (a training directory keeps several)")
     train_dir = os.path.dirname(prefix) or "."
-    return ModelSource(prefix, train_dir, read_training_config(train_dir))
-
-
-def _network_overrides(recorded):
-    """SSDParams fields as recorded in JSON (lists) back to the types the network uses."""
-    out = dict(recorded)
-    out["img_shape"] = tuple(out["img_shape"])
-    out["feat_shapes"] = [tuple(v) for v in out["feat_shapes"]]
-    out["anchor_sizes"] = [tuple(v) for v in out["anchor_sizes"]]
-    out["anchor_steps"] = [tuple(v) if isinstance(v, list) else v for v in out["anchor_steps"]]
-    return out
+    return ModelSource(prefix, train_dir, TrainingRecord.read(train_dir))
 
 
 def build_network(source=None, model_name=None, num_classes=None, image_size=None):
@@ -118,13 +94,13 @@ def build_network(source=None, model_name=None, num_classes=None, image_size=Non
     (anchors included); a different input size or class count rebuilds the network's defaults
     for them.
     """
-    config = (source.config if source else None) or {}
-    recorded_name = (config.get("flags") or {}).get("model_name")
-    recorded_params = config.get("network")
+    record = source.record if source else None
+    recorded_name = record.model_name if record else None
+    recorded_params = record.network_params() if record else None
     name = model_name or recorded_name or DEFAULT_MODEL_NAME
     image_size = nets_factory.parse_image_size(image_size)
     if recorded_params and name == recorded_name:
-        params = _network_overrides(recorded_params)
+        params = recorded_params
         same_size = image_size is None or tuple(image_size) == params["img_shape"]
         same_classes = num_classes is None or int(num_classes) == params["num_classes"]
         if same_size and same_classes:
@@ -245,9 +221,7 @@ def detections_in_pixels(net, images, info, post=PostProcessing(), data_format="
     Returns a dict: boxes [B, K, 4] float32 (ymin, xmin, ymax, xmax, original pixels),
     scores [B, K], classes [B, K] int64 (0 in padding), num_detections [B] int32.
     """
-    inputs = tf.transpose(images, [0, 3, 1, 2]) if data_format == "NCHW" else images
-    with slim.arg_scope(net.arg_scope(weight_decay=0.0, data_format=data_format)):
-        predictions, localisations, _, _ = net.net(inputs, is_training=False, data_format=data_format)
+    predictions, localisations, _, _ = nets_factory.network_fn_of(net, data_format=data_format)(images)
     detections = net.detected_bboxes(
         predictions, localisations, select_threshold=post.select_threshold, nms_threshold=post.nms_threshold,
         top_k=post.top_k, keep_top_k=post.keep_top_k, clip=True)
@@ -310,7 +284,7 @@ def serving_num_classes(source, model_name=None, image_size=None, num_classes=No
     """Classes (with background): as given, else the training config's, else the checkpoint's class heads."""
     if num_classes:
         return int(num_classes)
-    recorded = ((source.config or {}).get("network") or {}).get("num_classes")
+    recorded = (source.record.network or {}).get("num_classes") if source.record else None
     if recorded:
         return int(recorded)
     probe = build_network(source, model_name, 2, image_size)

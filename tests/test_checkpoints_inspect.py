@@ -13,11 +13,11 @@ import sys
 import pytest
 import tensorflow as tf
 
-import train_ssd_network
 from checkpoints import inspect_checkpoint
 from deployment.checkpoint_init import plan_initialization
 from nets import nets_factory
 from tf_compat import slim, tf1
+from training.config import TrainingConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMG_SHAPE = (96, 96)
@@ -95,8 +95,7 @@ def test_layers_another_network_lacks_start_fresh(tmp_path):
 
 def test_network_only_mode_lists_restores_skips_and_fresh(tmp_path):
     prefix = save_ssd_checkpoint(str(tmp_path / "voc"), num_classes=21)
-    opts = train_ssd_network.default_options(train_dir=str(tmp_path / "train"), checkpoint_path=prefix,
-                                             image_size="96", batch_size=2)
+    opts = TrainingConfig(train_dir=str(tmp_path / "train"), checkpoint_path=prefix, image_size="96", batch_size=2)
     result = inspect_checkpoint.inspect(opts, num_classes=4)
     plan = result.plan
     assert result.error is None and not result.training_graph
@@ -121,7 +120,7 @@ def test_network_only_mode_lists_restores_skips_and_fresh(tmp_path):
 
     # A checkpoint in train_dir wins, as in the trainer.
     resumed = inspect_checkpoint.inspect(
-        train_ssd_network.default_options(train_dir=str(tmp_path / "voc"), checkpoint_path=prefix, image_size="96"),
+        TrainingConfig(train_dir=str(tmp_path / "voc"), checkpoint_path=prefix, image_size="96"),
         num_classes=4)
     assert resumed.plan.source == "resume" and resumed.checkpoint_shapes == {}
     assert "ignores --checkpoint_path" in resumed.lines()[1]
@@ -148,7 +147,7 @@ def test_inspection_counts_equal_what_the_trainer_logs(tmp_path, sample_dataset_
     train_dir = str(tmp_path / "train")
     settings = dict(train_dir=train_dir, checkpoint_path=prefix, dataset_dir=sample_dataset_dir, image_size="96",
                     batch_size=2, num_readers=1, num_preprocessing_threads=1, max_number_of_steps=1)
-    result = inspect_checkpoint.inspect(train_ssd_network.default_options(**settings))
+    result = inspect_checkpoint.inspect(TrainingConfig(**settings))
     assert result.error is None and result.training_graph
     expected = result.startup_line()
     assert "59 restored, 12 skipped (shape differs), 0 excluded, 0 missing from checkpoint" in expected

@@ -227,18 +227,18 @@ def test_full_checkpoint_has_tf_slims_fc_layers(full_checkpoint):
 def test_ssd_start_up_reduces_fc6_fc7_of_the_converted_file_into_conv6_conv7(keras_files, full_checkpoint):
     """The trainer's own start-up (plan, init_fn) on the converted full file: conv1..conv5 restored,
     conv6/conv7 the paper's reduced fc6/fc7, checked entry by entry against Keras' flattened kernels."""
-    import train_ssd_network
     from deployment import checkpoint_init
     from nets import nets_factory
-    from tf_compat import slim
+    from training import plan as plan_lib
+    from training.config import TrainingConfig
 
-    opts = train_ssd_network.default_options(checkpoint_model_scope="vgg_16")
+    opts = TrainingConfig(checkpoint_model_scope="vgg_16")
     with tf.Graph().as_default():
-        net = nets_factory.get_network("ssd_300_vgg", img_shape=(64, 64), num_classes=4)
-        with slim.arg_scope(net.arg_scope()):
-            net.net(tf1.placeholder(tf.float32, [1, 64, 64, 3]), is_training=False)
+        network_fn = nets_factory.get_network_fn("ssd_300_vgg", 4, img_shape=(64, 64))
+        network_fn(tf1.placeholder(tf.float32, [1, 64, 64, 3]))
+        net = network_fn.net
         plan = checkpoint_init.plan_initialization(
-            None, os.path.dirname(full_checkpoint.path), **train_ssd_network.initialization_arguments(opts, net))
+            None, os.path.dirname(full_checkpoint.path), **plan_lib.initialization_arguments(opts, net))
         init_fn = checkpoint_init.init_fn_from_plan(plan)
         variables = {v.op.name: v for v in tf1.global_variables()}
         with tf1.Session() as session:

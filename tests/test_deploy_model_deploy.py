@@ -396,13 +396,13 @@ def test_deploy_summaries_come_from_the_first_clone_with_tf_slims_tags():
                                     optimizer=tf1.train.GradientDescentOptimizer(0.1))
         tags = _summary_tags(model.summary_op)
         everything = _summary_tags(tf1.summary.merge_all())
-    # TF-Slim names the clone loss summary 'Losses/<clone scope>/clone_loss' inside the clone's name
-    # scope, and a summary tag carries its name scope; 'total_loss' is taken by the total loss op,
-    # so its summary's scope, hence its tag, is 'total_loss_1'.
-    assert tags == {"before_deploy", "clone_0/clone_activation", "clone_0/Losses/clone_0//clone_loss",
-                    "clone_0/Losses/regularization_loss", "total_loss_1"}
+    # TF-Slim names the clone loss summary 'Losses/<clone scope>/clone_loss' (the tag is kept exactly so,
+    # not prefixed with the clone's name scope); 'total_loss' is taken by the total loss op, so its
+    # summary's scope, hence its tag, is 'total_loss_1'.
+    assert tags == {"before_deploy", "clone_0/clone_activation", "Losses/clone_0/clone_loss",
+                    "Losses/regularization_loss", "total_loss_1"}
     # The other clone's summaries exist but are left out of the summary op.
-    assert everything - tags == {"clone_1/clone_activation", "clone_1/Losses/clone_1//clone_loss"}
+    assert everything - tags == {"clone_1/clone_activation", "Losses/clone_1/clone_loss"}
 
 
 def test_deploy_summary_tags_with_one_clone():

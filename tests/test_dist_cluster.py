@@ -60,12 +60,44 @@ def test_settings_errors(ps, workers, job, index, fragment):
     assert fragment in str(info.value)
 
 
-def test_wait_for_tasks_times_out_naming_the_unreachable_task():
+class _FakeClock:
+    """Stands in for cluster.py's ``time``: ``monotonic`` reads ``now`` (and counts the reads), ``sleep``
+    records its argument and moves ``now`` on, so timeouts are checked without waiting for them."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.reads = 0
+        self.sleeps = []
+
+    def monotonic(self):
+        self.reads += 1
+        return self.now
+
+    def sleep(self, secs):
+        self.sleeps.append(secs)
+        self.now += secs
+
+    def wait_for_reads(self, count):
+        """Returns once ``count`` more reads have happened (another thread reads); fails, not hangs."""
+        target = self.reads + count
+        deadline = time.monotonic() + 30
+        while self.reads < target:
+            assert time.monotonic() < deadline, "the clock was not read"
+            time.sleep(0.005)
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(cluster, "time", clock)
+    return clock
+
+
+def test_wait_for_tasks_times_out_naming_the_unreachable_task(fake_clock):
     (port,) = launch_local_cluster.free_ports(1)
-    start = time.monotonic()
     with pytest.raises(cluster.ClusterError, match=rf"cannot reach ps task\(s\) 127.0.0.1:{port} within 1 s"):
-        cluster.wait_for_tasks([f"127.0.0.1:{port}"], timeout_secs=1.0, poll_secs=0.1)
-    assert time.monotonic() - start < 10
+        cluster.wait_for_tasks([f"127.0.0.1:{port}"], timeout_secs=1.0, poll_secs=0.25)
+    assert fake_clock.sleeps == [0.25] * 4  # polled until the timeout, then gave up
 
 
 def test_wait_for_tasks_returns_once_listening():
@@ -134,11 +166,11 @@ def test_shard_batches_rejects_a_bad_index():
 
 
 def test_big_variables_spread_over_ps_tasks():
-    """The round robin of model_deploy's replica_device_setter with the cluster of the flags."""
+    """The round robin of model_deploy's variables_device() over the ps tasks of the flags."""
     settings = cluster.settings_from_flags("h:1,h:2", "h:3,h:4", "worker", 1)
     config = model_deploy.DeploymentConfig(
         num_clones=1, clone_on_cpu=True, replica_id=settings.task_index, num_replicas=settings.num_workers,
-        num_ps_tasks=settings.num_ps_tasks, cluster=settings.cluster_spec())
+        num_ps_tasks=settings.num_ps_tasks)
     with tf.Graph().as_default():
         with tf1.device(config.variables_device()):
             big = [tf1.get_variable(f"w{i}", [64, 64]) for i in range(4)]
@@ -157,21 +189,28 @@ class _ExitRecorder:
         self.called.set()
 
 
-def test_lost_cluster_guard_exits_3_when_a_ps_port_refuses_connections(caplog):
+def test_lost_cluster_guard_exits_3_when_a_ps_port_refuses_connections(caplog, fake_clock):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     address = f"127.0.0.1:{listener.getsockname()[1]}"
     exit_fn = _ExitRecorder()
-    guard = cluster.LostClusterGuard([address], lost_ps_secs=0.5, exit_grace_secs=0.2, poll_secs=0.1,
+    guard = cluster.LostClusterGuard([address], lost_ps_secs=2.0, exit_grace_secs=0.0, poll_secs=0.01,
                                      exit_fn=exit_fn).start()
-    time.sleep(0.8)
+    # Two reads of the clock: at least one whole poll of the port has happened since the last change.
+    fake_clock.wait_for_reads(2)
+    fake_clock.now = 100.0
+    fake_clock.wait_for_reads(2)
     assert not exit_fn.called.is_set(), "declared lost while the ps was listening"
-    start = time.monotonic()
     listener.close()
+    fake_clock.wait_for_reads(2)  # refused since t=100
+    fake_clock.now = 101.9
+    fake_clock.wait_for_reads(2)
+    assert not exit_fn.called.is_set() and guard.reason is None, "declared lost before lost_ps_secs"
+    fake_clock.now = 102.0
     assert exit_fn.called.wait(10), "the guard never exited"
-    assert exit_fn.codes == [3] and 0.5 <= time.monotonic() - start < 5
-    assert f"ps task {address} has refused connections" in guard.reason
+    assert exit_fn.codes == [3]
+    assert f"ps task {address} has refused connections for 2 s" in guard.reason
     assert any("Lost the cluster: ps task" in r.getMessage() for r in caplog.records)
 
 
@@ -191,7 +230,17 @@ def test_lost_cluster_guard_stop_and_other_errors_do_not_exit():
 
 
 @pytest.mark.parametrize("error_type", [tf.errors.UnavailableError, tf.errors.DeadlineExceededError])
-def test_lost_cluster_guard_a_failed_step_exits_after_the_grace(error_type):
+def test_lost_cluster_guard_a_failed_step_exits_after_the_grace(error_type, monkeypatch):
+    graces = []
+
+    class ImmediateTimer(threading.Timer):
+        """Records the delay asked for, then runs at once."""
+
+        def __init__(self, interval, function, *args, **kwargs):
+            graces.append(interval)
+            super().__init__(0.0, function, *args, **kwargs)
+
+    monkeypatch.setattr(cluster.threading, "Timer", ImmediateTimer)
     exit_fn = _ExitRecorder()
     guard = cluster.LostClusterGuard([], exit_grace_secs=0.3, exit_fn=exit_fn).start()
     message = "Graph execution error:\n\n=====\nUNAVAILABLE: From /job:worker/replica:0/task:1:\nSocket closed\nmore"
@@ -199,18 +248,17 @@ def test_lost_cluster_guard_a_failed_step_exits_after_the_grace(error_type):
     def failing_step(*unused):
         raise error_type(None, None, message)
 
-    start = time.monotonic()
     with pytest.raises(error_type):
         guard.wrap_train_step(failing_step)(None, None, None, {})
     assert exit_fn.called.wait(5) and exit_fn.codes == [3]
-    assert time.monotonic() - start >= 0.3
+    assert graces == [0.3]  # the exit waits the grace, leaving the trainer's own handler time to exit first
     assert guard.reason == (f"a training step failed with {error_type.__name__}: "
                             "UNAVAILABLE: From /job:worker/replica:0/task:1: Socket closed")
     guard.lost("again")
     assert exit_fn.codes == [3] and "again" not in guard.reason
 
 
-def test_chief_ready_flag_is_set_only_by_the_chief_session_wrapper():
+def test_chief_ready_flag_is_set_only_by_the_chief_session_wrapper(fake_clock):
     server = tf1.train.Server.create_local_server()  # sessions on one server share variables, like on a ps
     with tf.Graph().as_default():
         flag = cluster.ChiefReadyFlag()
@@ -220,10 +268,9 @@ def test_chief_ready_flag_is_set_only_by_the_chief_session_wrapper():
             session.run([tf1.global_variables_initializer(), tf1.local_variables_initializer()])
             assert not session.run(flag.is_set), "the usual initialisers must not set the flag"
             assert len(session.run(tf1.report_uninitialized_variables())) == 0, "the flag blocks readiness checks"
-            start = time.monotonic()
-            with pytest.raises(cluster.ClusterError, match="has not initialised or restored the model within 0.3 s"):
-                cluster.wait_for_chief_model(server.target, None, 0.3, flag, poll_secs=0.05)
-            assert time.monotonic() - start < 5
+            with pytest.raises(cluster.ClusterError, match="has not initialised or restored the model within 0.5 s"):
+                cluster.wait_for_chief_model(server.target, None, 0.5, flag, poll_secs=0.125)
+            assert fake_clock.sleeps == [0.125] * 4  # polled until the timeout, then gave up
             assert flag.session_wrapper(session) is session
             cluster.wait_for_chief_model(server.target, None, 5.0, flag, poll_secs=0.05)
 

@@ -14,7 +14,10 @@ import pytest
 import tensorflow as tf
 
 from launch_local_cluster import LocalCluster
+from deployment import devices
 from tf_compat import tf1
+from training import graph as graph_lib, machines, plan as plan_lib
+from training.config import TrainingConfig
 
 TINY = ["--image_size=96", "--batch_size=2", "--num_readers=1", "--num_preprocessing_threads=1",
         "--log_every_n_steps=1", "--summarize_activations=false", "--summarize_variables=false",
@@ -39,10 +42,8 @@ SCORE_BATCHES = 4
 
 
 def _single_machine_options(cache):
-    import train_ssd_network as trainer
-
     os.environ["SSD_TOWERS_CACHE"] = cache
-    return trainer, trainer.default_options(
+    return TrainingConfig(
         image_size="96", batch_size=2, num_readers=1, num_preprocessing_threads=1, augmentation="none",
         summarize_activations=False, summarize_variables=False, num_summary_images=0)
 
@@ -52,12 +53,12 @@ def _score_in_single_machine_run(checkpoint, cache, model_variables_only=False):
     restored into the one-machine training graph (every variable, unless ``model_variables_only``)."""
     from tf_compat import slim
 
-    trainer, opts = _single_machine_options(cache)
-    spec = trainer.resolve_dataset(opts)
+    opts = _single_machine_options(cache)
+    spec = plan_lib.resolve_dataset(opts)
     with tf.Graph().as_default():
-        parts = trainer.build_training_graph(opts, spec)
+        parts = graph_lib.build_training_graph(opts, spec, machines.deployment_for(opts))
         multibox_loss = tf.add_n(tf1.losses.get_losses())
-        with tf1.Session() as session:
+        with tf1.Session(config=devices.session_config()) as session:
             if model_variables_only:
                 session.run(tf1.global_variables_initializer())
             tf1.train.Saver(slim.get_model_variables() if model_variables_only else None).restore(session, checkpoint)
@@ -206,18 +207,16 @@ def test_faults_worker_restart_chief_restart_killed_ps_and_cluster_restart(tmp_p
 
 def _save_initial_model(path, cache):
     """Model variables of a freshly initialised one-machine graph, saved at ``path`` (a common start)."""
-
-    import train_ssd_network as trainer
     from tf_compat import slim
 
     os.environ["SSD_TOWERS_CACHE"] = cache
-    opts = trainer.default_options(image_size="96", batch_size=2, num_readers=1, num_preprocessing_threads=1,
+    opts = TrainingConfig(image_size="96", batch_size=2, num_readers=1, num_preprocessing_threads=1,
                                    summarize_activations=False, summarize_variables=False, num_summary_images=0)
-    spec = trainer.resolve_dataset(opts)
+    spec = plan_lib.resolve_dataset(opts)
     with tf.Graph().as_default():
-        trainer.build_training_graph(opts, spec)
+        graph_lib.build_training_graph(opts, spec, machines.deployment_for(opts))
         names = [v.op.name for v in slim.get_model_variables()]
-        with tf1.Session() as session:
+        with tf1.Session(config=devices.session_config()) as session:
             session.run(tf1.global_variables_initializer())
             tf1.train.Saver(slim.get_model_variables()).save(session, path)
     return names

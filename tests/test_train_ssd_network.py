@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import train_ssd_network
 from datasets import dataset_factory
-from deployment import model_deploy
+from deployment import devices, train_op as train_op_lib
 from nets import nets_factory
 from tf_compat import tf1
+from training import graph as graph_lib, machines
+from training.config import TrainingConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size="96", batch_size=2, num_readers=1, num_preprocessing_threads=1, num_summary_images=1)
@@ -31,12 +32,11 @@ def _device_index(device):
 
 @pytest.fixture
 def two_clone_graph(sample_dataset_dir):
-    opts = train_ssd_network.default_options(num_clones=2, clone_on_cpu=True, **TINY)
+    opts = TrainingConfig(num_clones=2, clone_on_cpu=True, **TINY)
     spec = dataset_factory.get_dataset(None, "trainval", sample_dataset_dir)
     graph = tf.Graph()
     with graph.as_default():
-        config = model_deploy.DeploymentConfig(num_clones=2, clone_on_cpu=True)
-        parts = train_ssd_network.build_training_graph(opts, spec, config)
+        parts = graph_lib.build_training_graph(opts, spec, machines.deployment_for(opts))
     return graph, parts
 
 
@@ -66,7 +66,7 @@ def test_two_towers_are_placed_as_designed(two_clone_graph):
 
 def test_each_tower_gets_its_own_batch_and_a_step_runs(two_clone_graph):
     graph, parts = two_clone_graph
-    with graph.as_default(), tf1.Session(graph=graph, config=train_ssd_network.devices.session_config()) as session:
+    with graph.as_default(), tf1.Session(graph=graph, config=devices.session_config()) as session:
         session.run([tf1.global_variables_initializer(), tf1.local_variables_initializer()])
         batches = [clone.outputs["_batch"]["image"] for clone in parts.clones]
         first, second, loss = session.run(batches + [parts.train.train_tensor])
@@ -172,7 +172,9 @@ def test_a_misspelled_checkpoint_path_fails_before_training(tmp_path, sample_dat
 
 def test_options_reject_unknown_names_and_parse_sizes():
     with pytest.raises(ValueError, match="unknown training options"):
-        train_ssd_network.default_options(batchsize=3)
+        TrainingConfig.from_dict({"batchsize": 3})
+    with pytest.raises(ValueError, match="unknown training options"):
+        TrainingConfig().replace(batchsize=3)
     assert nets_factory.parse_image_size("96") == (96, 96)
     assert nets_factory.parse_image_size("128,96") == (128, 96)
     assert nets_factory.parse_image_size("128x96") == (128, 96)
@@ -182,14 +184,14 @@ def test_options_reject_unknown_names_and_parse_sizes():
 
 def _train_in_process(spec, steps, with_summaries, tmp_path):
     """Variables after ``steps`` steps run through the trainer's train_step_fn, summaries fused or not."""
-    opts = train_ssd_network.default_options(augmentation="none", optimizer="sgd", learning_rate=0.01, **TINY)
+    opts = TrainingConfig(augmentation="none", optimizer="sgd", learning_rate=0.01, **TINY)
     with tf.Graph().as_default():
-        parts = train_ssd_network.build_training_graph(opts, spec)
+        parts = graph_lib.build_training_graph(opts, spec, machines.deployment_for(opts))
         writer = tf1.summary.FileWriter(str(tmp_path)) if with_summaries else None
-        step_fn = train_ssd_network.train_op_lib.make_train_step_fn(
+        step_fn = train_op_lib.make_train_step_fn(
             summary_op=tf1.summary.merge_all() if with_summaries else None, summary_writer=writer,
             save_summaries_secs=0)
-        with tf1.Session() as session:
+        with tf1.Session(config=devices.session_config()) as session:
             session.run(tf1.global_variables_initializer())
             for _ in range(steps):
                 step_fn(session, parts.train.train_tensor, parts.global_step, {})

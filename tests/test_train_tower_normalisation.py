@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import train_ssd_network
-from deployment import model_deploy
+from deployment import devices, model_deploy
 from nets import matching
 from tf_compat import tf1
+from training import graph as graph_lib, machines
+from training.config import TrainingConfig
 
 IMAGE_SIZE = 64
 NUM_CLASSES = 4
@@ -57,20 +58,20 @@ class _FixedBatches:
 
 def _gradients(num_clones, initial_values, **options):
     """({variable name: averaged gradient}, {variable name: initial value}) of one step's graph."""
-    opts = train_ssd_network.default_options(
+    opts = TrainingConfig(
         image_size=str(IMAGE_SIZE), batch_size=len(IMAGES) // num_clones, num_clones=num_clones,
         clone_on_cpu=num_clones > 1, **options)
     with tf.Graph().as_default():
         tf1.set_random_seed(0)
-        net = train_ssd_network.build_network(opts, NUM_CLASSES)
-        config = model_deploy.DeploymentConfig(num_clones=num_clones, clone_on_cpu=num_clones > 1)
+        net = graph_lib.build_network(opts, NUM_CLASSES)
+        config = machines.deployment_for(opts)
         with tf1.device(config.inputs_device()):
             iterator = _FixedBatches(opts, net, num_clones)
-        clones = train_ssd_network.build_clones(opts, net, iterator, config)
+        clones = graph_lib.build_clones(opts, net, iterator, config)
         _, grads_and_vars = model_deploy.optimize_clones(
             clones, tf1.train.GradientDescentOptimizer(1.0), averaging_device=config.optimizer_device())
         names = [v.op.name for _, v in grads_and_vars]
-        with tf1.Session() as session:
+        with tf1.Session(config=devices.session_config()) as session:
             session.run(tf1.global_variables_initializer())
             if initial_values is None:
                 initial_values = dict(zip(names, session.run([v for _, v in grads_and_vars])))
@@ -78,8 +79,8 @@ def _gradients(num_clones, initial_values, **options):
                 for _, var in grads_and_vars:
                     var.load(initial_values[var.op.name], session)
             grads = session.run([g for g, _ in grads_and_vars])
-            devices = {clone.device for clone in clones}
-    assert len(devices) == num_clones
+            clone_devices = {clone.device for clone in clones}
+    assert len(clone_devices) == num_clones
     return dict(zip(names, grads)), initial_values
 
 

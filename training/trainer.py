@@ -1,0 +1,127 @@
+"""Runs a training: from a :class:`training.config.TrainingConfig` to ``slim.learning.train``.
+
+:func:`train` follows these steps, in this order:
+
+1. :func:`training.machines.machines_for`: this machine, or this task of a cluster (a ps task serves
+   and never trains); it holds the :class:`deployment.model_deploy.DeploymentConfig` and the session
+   configuration, and checks the deployment fits the machine.
+2. The dataset, the training directory's recovery (a checkpoint cut short is quarantined), the step
+   to resume from and the :class:`training.plan.TrainingPlan` (what trains when).
+3. :func:`training.graph.build_training_graph`: input pipeline, towers, train op.
+4. ``training_config.json`` (:class:`training.config.TrainingRecord`), the init_fn (resume >
+   ``--checkpoint_path`` > scratch, :mod:`deployment.checkpoint_init`), the saver and the step
+   function (logging, summaries, the NaN guard, the phase switch: :mod:`deployment.train_op`).
+5. ``slim.learning.train``.
+"""
+
+from absl import logging
+import tensorflow as tf
+
+from deployment import checkpoint_init, checkpoint_integrity, devices, train_op as train_op_lib
+from nets import anchor_coverage
+from tf_compat import slim, tf1
+from training import graph as graph_lib, machines as machines_lib, plan as plan_lib
+from training.config import DatasetRecord, TrainingRecord
+
+# Images of the training split the start-up's anchor coverage line reads (a few seconds).
+ANCHOR_COVERAGE_IMAGES = 1000
+
+
+def train(config):
+    """Runs training as ``config`` says; returns the final total loss (a ps task serves until killed)."""
+    config.check()
+    machine = machines_lib.machines_for(config)
+    if machine.serves_only:
+        return machine.serve()
+    deploy_config = machine.deploy_config
+    if not devices.available_gpus() and config.batch_size * config.num_clones >= 16:
+        logging.warning("No GPU: on a CPU one step of %s at batch %d takes tens of seconds (and many GB of memory); "
+                        "--batch_size and --image_size make it faster.", config.model_name,
+                        config.batch_size * config.num_clones)
+    spec = plan_lib.resolve_dataset(config)
+    if machine.is_chief:
+        # A newest checkpoint cut short (a kill or a full disk during its write) must not end the run;
+        # a damaged --checkpoint_path is named now, not after minutes of graph building.
+        if not checkpoint_integrity.recover_train_dir(config.train_dir) and config.checkpoint_path:
+            start_from = checkpoint_init.resolve_checkpoint(config.checkpoint_path)
+            if start_from:
+                checkpoint_integrity.verify_checkpoint(start_from, "pass another --checkpoint_path")
+    data_seed = plan_lib.data_seed_for(config.seed, plan_lib.starting_global_step(config.train_dir))
+    images_per_step = config.batch_size * deploy_config.num_clones * graph_lib.replicas_per_step(config, deploy_config)
+    network = graph_lib.build_network(config, spec.num_classes)
+    training_plan = plan_lib.resolve_training_plan(config, network.name, spec.num_samples, images_per_step)
+    if machine.is_chief:
+        logging.info("%s", anchor_coverage.coverage_report(
+            network, spec, config.match_threshold, config.negative_threshold,
+            max_images=ANCHOR_COVERAGE_IMAGES).summary_line())
+
+    with tf.Graph().as_default():
+        parts = graph_lib.build_training_graph(config, spec, deploy_config, data_seed, training_plan.frozen_scopes,
+                                               training_plan.new_layers_only_steps)
+        record = TrainingRecord(
+            config=config, network={k: (list(v) if isinstance(v, tuple) else v)
+                                    for k, v in parts.net.params._asdict().items()},
+            num_anchors=parts.net.num_anchors, deployment=repr(deploy_config), data_seed=data_seed,
+            dataset=DatasetRecord.of(spec), frozen_scopes=training_plan.frozen_scopes,
+            new_layers_only_steps=training_plan.new_layers_only_steps)
+        path = record.write(config.train_dir) if machine.is_chief else "the chief's train_dir"
+        logging.info("Training %s on %s/%s (%d images, %d classes incl. background), %d clone(s) x batch %d, "
+                     "%d anchors, on %s; configuration in %s", parts.net.name, spec.name, spec.split_name,
+                     spec.num_samples, spec.num_classes, deploy_config.num_clones, config.batch_size,
+                     parts.net.num_anchors, machine.describe(), path)
+        init_fn = None
+        if machine.is_chief:
+            plan = checkpoint_init.plan_initialization(config.train_dir, config.checkpoint_path,
+                                                       **plan_lib.initialization_arguments(config, parts.net))
+            checkpoint_init.log_plan(plan, note=training_plan.note)
+            init_fn = checkpoint_init.init_fn_from_plan(plan)
+        saver = tf1.train.Saver(max_to_keep=config.max_to_keep,
+                                keep_checkpoint_every_n_hours=config.keep_checkpoint_every_n_hours,
+                                write_version=tf1.train.SaverDef.V2)
+        train_step_fn, summary_writer = make_train_step_fn(config, parts, training_plan, machine.is_chief)
+        train_step_fn = machine.wrap_train_step(train_step_fn)
+        machine.prepare_graph()
+        machine.wait_for_chief()
+        with machine.training_context(parts.sync_optimizer):
+            final_loss = slim.learning.train(
+                parts.train.train_tensor, logdir=config.train_dir, init_fn=init_fn, train_step_fn=train_step_fn,
+                number_of_steps=config.max_number_of_steps, log_every_n_steps=config.log_every_n_steps,
+                summary_op=None, summary_writer=summary_writer,
+                save_interval_secs=config.save_interval_secs, saver=saver, session_config=machine.session_config,
+                master=machine.master, is_chief=machine.is_chief, sync_optimizer=parts.sync_optimizer,
+                ignore_live_threads=parts.sync_optimizer is not None and machine.is_chief,
+                session_wrapper=machine.session_wrapper,
+            )
+        machine.close()
+        return final_loss
+
+
+def make_train_step_fn(config, parts, training_plan, is_chief):
+    """The step function: logging, the chief's summaries (run inside its train step, not in a thread of their
+    own), the run's time limit and, with two phases, the switch to the second phase's train tensor.
+    Returns (step function, the chief's summary writer or None on other workers)."""
+    summary_writer = tf1.summary.FileWriter(config.train_dir) if is_chief else None
+    first_phase = None
+    if parts.train.first_phase is not None:
+        but = (f" (but {', '.join(s.split('/')[-1] for s in training_plan.frozen_scopes)})"
+               if training_plan.frozen_scopes else "")
+        first_phase = train_op_lib.FirstPhase(
+            parts.new_layers_only_steps, parts.train.first_phase.train_tensor,
+            # Each phase's summary op carries its own phase's gradient summaries only.
+            _merge_summaries(parts.train.first_phase.summaries) if is_chief else None,
+            f"the VGG-16 base{but} starts training, at learning rate {config.learning_rate:g} after a "
+            f"{config.warmup_steps}-step warmup")
+    train_step_fn = train_op_lib.make_train_step_fn(
+        tensors_to_log={"learning_rate": parts.learning_rate, **parts.loss_terms},
+        images_per_step=config.batch_size * parts.deploy_config.num_clones,
+        summary_op=_merge_summaries(parts.train.summaries) if is_chief else None, summary_writer=summary_writer,
+        save_summaries_secs=config.save_summaries_secs,
+        max_train_seconds=None if config.max_train_minutes is None else 60.0 * config.max_train_minutes,
+        first_phase=first_phase,
+    )
+    return train_step_fn, summary_writer
+
+
+def _merge_summaries(extra):
+    summaries_to_merge = tf1.get_collection(tf1.GraphKeys.SUMMARIES) + list(extra)
+    return tf1.summary.merge(summaries_to_merge) if summaries_to_merge else None
