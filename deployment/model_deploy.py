@@ -183,6 +183,10 @@ class _ResourceFollowingRoundRobin:
         return op.device
 
 
+def _read_only(attribute):
+    return property(lambda self: getattr(self, attribute))
+
+
 class DeploymentConfig:
     """How to deploy a model: clones per replica, replicas, parameter servers (TF-Slim's).
 
@@ -241,45 +245,16 @@ class DeploymentConfig:
         self._ps_device = "/job:" + ps_job_name if num_ps_tasks > 0 else ""
         self._worker_device = "/job:" + worker_job_name if num_ps_tasks > 0 else ""
 
-    @property
-    def num_clones(self):
-        return self._num_clones
-
-    @property
-    def clone_on_cpu(self):
-        return self._clone_on_cpu
-
-    @property
-    def replica_id(self):
-        return self._replica_id
-
-    @property
-    def num_replicas(self):
-        return self._num_replicas
-
-    @property
-    def num_ps_tasks(self):
-        return self._num_ps_tasks
-
-    @property
-    def ps_device(self):
-        return self._ps_device
-
-    @property
-    def worker_device(self):
-        return self._worker_device
-
-    @property
-    def ps_job_name(self):
-        return self._ps_job_name
-
-    @property
-    def worker_job_name(self):
-        return self._worker_job_name
-
-    @property
-    def cpu_device_per_clone(self):
-        return self._cpu_device_per_clone
+    num_clones = _read_only("_num_clones")
+    clone_on_cpu = _read_only("_clone_on_cpu")
+    replica_id = _read_only("_replica_id")
+    num_replicas = _read_only("_num_replicas")
+    num_ps_tasks = _read_only("_num_ps_tasks")
+    ps_device = _read_only("_ps_device")
+    worker_device = _read_only("_worker_device")
+    ps_job_name = _read_only("_ps_job_name")
+    worker_job_name = _read_only("_worker_job_name")
+    cpu_device_per_clone = _read_only("_cpu_device_per_clone")
 
     def caching_device(self):
         """Where variable reads are cached: with ps tasks, on the reading op's device; else None."""

@@ -27,9 +27,10 @@ from deployment import checkpoint_integrity
 from nets import nets_factory
 from preprocessing import ssd_vgg_preprocessing
 from tf_compat import slim, tf1
-from training.config import CONFIG_FILE as TRAINING_CONFIG, TrainingRecord
+from training.config import CONFIG_FILE as TRAINING_CONFIG, TrainingConfig, TrainingRecord
 EMA_SUFFIX = "ExponentialMovingAverage"
-DEFAULT_MODEL_NAME = "ssd_300_vgg"
+# A checkpoint without its training record was most likely trained with the trainer's default network.
+DEFAULT_MODEL_NAME = TrainingConfig.model_name
 
 # Post-processing defaults: SSD-Tensorflow's evaluation values (a low threshold, many boxes, for mAP).
 DEFAULT_SELECT_THRESHOLD = 0.01
