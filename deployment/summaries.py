@@ -9,8 +9,10 @@ writes itself, and the per-clone ``Losses/clone_i/clone_loss`` and
 - ``learning_rate`` (:func:`add_learning_rate_summary`);
 - ``activations/<end point>`` histograms and ``sparsity/<end point>`` zero fractions
   (:func:`add_activation_summaries`);
-- ``variables/<variable>`` histograms (:func:`add_variable_summaries`);
-- ``images_with_boxes`` (:func:`add_image_with_boxes_summary`).
+- ``variables/<variable>`` histograms (:func:`add_variable_summaries`).
+
+The training images with their boxes and class names come from
+:func:`preprocessing.visualization.ground_truth_image_summary`.
 
 Every function adds to the graph's ``SUMMARIES`` collection and returns the ops it made,
 so ``tf.compat.v1.summary.merge_all()`` or ``slim.learning.train``'s default summary op
@@ -56,18 +58,3 @@ def add_activation_summaries(end_points):
 def add_variable_summaries(variables):
     return [tf1.summary.histogram(f"variables/{var.op.name}", var) for var in variables]
 
-
-def add_image_with_boxes_summary(images, boxes, name="images_with_boxes", max_outputs=3):
-    """Images with their boxes drawn, as seen by the network.
-
-    Args:
-      images: [batch, height, width, 3] float tensor in any range (each image is
-        rescaled to [0, 1] for display, so mean-subtracted inputs show correctly).
-      boxes: [batch, num_boxes, 4] relative (ymin, xmin, ymax, xmax), the SSD layout.
-    """
-    images = tf.cast(images, tf.float32)
-    low = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
-    high = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
-    images = (images - low) / tf.maximum(high - low, 1e-6)
-    drawn = tf1.image.draw_bounding_boxes(images, tf.cast(boxes, tf.float32))
-    return [tf1.summary.image(name, drawn, max_outputs=max_outputs)]

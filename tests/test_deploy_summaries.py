@@ -9,6 +9,7 @@ from deployment import model_deploy, summaries
 from deployment.learning_rate import configure_learning_rate
 from deployment.model_deploy import DeploymentConfig
 from deployment.train_op import build_train_op
+from preprocessing import visualization
 from tf_compat import slim, tf1
 
 RNG = np.random.default_rng(5)
@@ -51,7 +52,8 @@ def test_training_summaries_round_trip_through_an_event_file(tmp_path):
         summaries.add_activation_summaries(clones[0].outputs)
         summaries.add_variable_summaries(slim.get_model_variables())
         boxes = tf.constant([[[0.1, 0.1, 0.5, 0.6]], [[0.2, 0.3, 0.9, 0.8]]], tf.float32)
-        summaries.add_image_with_boxes_summary(tf.constant(IMAGES) * 50.0 - 20.0, boxes)
+        visualization.ground_truth_image_summary(tf.constant(IMAGES) * 50.0 - 20.0, boxes, tf.constant([[1], [2]]),
+                                                 {1: "cat", 2: "dog"}, name="training_images")
         summary_op = tf1.summary.merge_all()
         writer = tf1.summary.FileWriter(str(tmp_path))
         with tf1.Session() as session:
@@ -69,4 +71,5 @@ def test_training_summaries_round_trip_through_an_event_file(tmp_path):
         assert tags.get(tag) == "simple_value", (tag, sorted(tags))
     for tag in ["activations/conv1", "activations/conv2", "variables/conv1/weights", "variables/conv2/biases"]:
         assert tags.get(tag) == "histo", (tag, sorted(tags))
-    assert any(tag.startswith("images_with_boxes") and kind == "image" for tag, kind in tags.items())
+    assert any(tag.startswith("ground_truth_images/training_images/image") and kind == "image"
+               for tag, kind in tags.items()), sorted(tags)
