@@ -135,20 +135,6 @@ class EvaluationResult:
     iou_threshold: float
     pixel_inclusive: bool
 
-    def class_result(self, name_or_label):
-        for result in self.per_class:
-            if name_or_label in (result.name, result.label):
-                return result
-        raise KeyError(f"no class {name_or_label!r}; classes: {[c.name for c in self.per_class]}")
-
-    @property
-    def voc07_ap(self):
-        return {c.name: c.voc07_ap for c in self.per_class}
-
-    @property
-    def voc_area_ap(self):
-        return {c.name: c.voc_area_ap for c in self.per_class}
-
 
 def _mean_of_defined(values):
     defined = [v for v in values if not math.isnan(v)]
