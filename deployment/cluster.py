@@ -165,11 +165,6 @@ def settings_from_flags(ps_hosts, worker_hosts, job_name, task_index):
     return ClusterSettings(ps, workers, job_name, int(task_index))
 
 
-def settings_from_options(opts):
-    """:func:`settings_from_flags` of a trainer options namespace."""
-    return settings_from_flags(opts.ps_hosts, opts.worker_hosts, opts.job_name, opts.task_index)
-
-
 def distributed_session_config(settings, base_config=None, operation_timeout_secs=DEFAULT_OPERATION_TIMEOUT_SECS):
     """``base_config`` (a ConfigProto, copied) with this task's device filters and operation timeout.
 

@@ -523,15 +523,7 @@ def add_gradient_summaries(grads_and_vars):
 
     Used by the trainer's own train op; :func:`deploy` writes TF-Slim's tags instead.
     """
-    summaries = []
-    for grad, var in grads_and_vars:
-        if grad is None:
-            logging.info("Var %s has no gradient", var.op.name)
-            continue
-        values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
-        summaries.append(tf1.summary.histogram(var.op.name + "/gradient", values))
-        summaries.append(tf1.summary.scalar(var.op.name + "/gradient_norm", tf.linalg.global_norm([values])))
-    return summaries
+    return _gradient_summaries(grads_and_vars, "/", tf1.summary.scalar)
 
 
 def _add_gradients_summaries(grads_and_vars):
@@ -541,14 +533,18 @@ def _add_gradients_summaries(grads_and_vars):
     replaces the ``:`` that tags may not hold with ``_``, and so does this, without the log
     line TensorFlow writes for each renamed tag.
     """
+    return _gradient_summaries(grads_and_vars, "_", tf1.summary.histogram)
+
+
+def _gradient_summaries(grads_and_vars, separator, norm_summary):
     summaries = []
     for grad, var in grads_and_vars:
         if grad is None:
             logging.info("Var %s has no gradient", var.op.name)
             continue
         values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
-        summaries.append(tf1.summary.histogram(var.op.name + "_gradient", values))
-        summaries.append(tf1.summary.histogram(var.op.name + "_gradient_norm", tf.linalg.global_norm([values])))
+        summaries.append(tf1.summary.histogram(f"{var.op.name}{separator}gradient", values))
+        summaries.append(norm_summary(f"{var.op.name}{separator}gradient_norm", tf.linalg.global_norm([values])))
     return summaries
 
 

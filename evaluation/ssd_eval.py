@@ -24,7 +24,7 @@ import tensorflow as tf
 
 import command_line
 from deployment import checkpoint_integrity
-from nets import nets_factory
+from nets import anchors, nets_factory
 from preprocessing import ssd_vgg_preprocessing
 from tf_compat import slim, tf1
 from training.config import CONFIG_FILE as TRAINING_CONFIG, TrainingConfig, TrainingRecord
@@ -116,10 +116,6 @@ def build_network(source=None, model_name=None, num_classes=None, image_size=Non
     return nets_factory.get_network(name, **overrides)
 
 
-def anchors_per_cell(net, layer_index):
-    return len(net.params.anchor_sizes[layer_index]) + len(net.params.anchor_ratios[layer_index])
-
-
 def checkpoint_num_classes(checkpoint_prefix, net):
     """The class count (background included) of the class heads in a checkpoint, or None without them."""
     reader = tf.train.load_checkpoint(checkpoint_prefix)
@@ -128,7 +124,7 @@ def checkpoint_num_classes(checkpoint_prefix, net):
         name = f"{net.name}/{layer}_box/conv_cls/weights"
         if name in shapes:
             outputs = shapes[name][-1]
-            per_cell = anchors_per_cell(net, index)
+            per_cell = anchors.num_anchors_per_cell(net.params.anchor_sizes[index], net.params.anchor_ratios[index])
             if outputs % per_cell:
                 raise ClassMismatchError(
                     f"{checkpoint_prefix}: {name} has {outputs} outputs, not a multiple of the {per_cell} anchors "
