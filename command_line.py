@@ -1,8 +1,13 @@
-"""How every command of the project talks to its user when something is wrong.
+"""How every command of the project reads its command line and talks to its user when something is wrong.
 
-Two jobs, shared by ``tf_convert_data``, ``train_ssd_network``, ``eval_ssd_network``,
-``export_ssd_network`` and ``ssd_detect``:
+Three jobs, shared by ``tf_convert_data``, ``train_ssd_network``, ``eval_ssd_network``,
+``export_ssd_network``, ``ssd_detect`` and the other commands:
 
+* :func:`parse_flags` reads a command's absl flags (TF-Slim's convention). Each command defines its
+  flags on its own :class:`absl.flags.FlagValues` (never the global ``flags.FLAGS``, so that commands
+  sharing flag names like ``--checkpoint_path`` can live in one process), and gets them back as a
+  namespace. ``--help`` prints the command's doc and flags; an unknown flag, a bad value, a missing
+  required flag or a stray argument is one ``ERROR:`` line naming it, exit status 2.
 * :func:`check_options` validates every numeric option of a command against a table of
   :class:`Rule` s before any graph is built, and names each bad flag with the values it allows
   (all of them at once, so one run shows every mistake).
@@ -26,11 +31,16 @@ Exit statuses (also in the README's troubleshooting section):
 
 import dataclasses
 import errno
+import inspect
 import logging as std_logging
 import math
+import os
+import sys
+import textwrap
 import threading
+import types
 
-from absl import logging
+from absl import flags, logging
 
 EXIT_OK = 0
 EXIT_STOPPED = 1
@@ -58,6 +68,223 @@ class UsageError(ValueError):
 
 class DamagedFileError(Exception):
     """A checkpoint or data file that exists but cannot be read back; the message names it."""
+
+
+# ----------------------------------------------------------------------------- command-line flags
+
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
+_HELP_WIDTH = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Positional:
+    """The plain (non-flag) arguments a command takes, e.g. detect.py's image files: ``name`` in the
+    namespace :func:`parse_flags` returns (a list), ``help`` for ``--help``, and how many at least."""
+
+    name: str
+    help: str
+    at_least: int = 0
+
+
+def parse_flags(flag_values, argv=None, program_doc=None, *, program=None, positional=None):
+    """Parses a command line with ``flag_values`` (an :class:`absl.flags.FlagValues` holding the
+    command's flags); returns a namespace with every flag's value (and, with ``positional``, the
+    plain arguments as a list under ``positional.name``).
+
+    ``argv``: the arguments without the program name (None: ``sys.argv[1:]``); absl reads
+    ``--name=value``, ``--name value``, ``--flag``/``--noflag`` for booleans, repeats of a multi flag,
+    ``--flagfile=FILE``; ``--`` ends the flags. ``program_doc``: the command's docstring, shown by
+    ``--help``; ``program``: its name in the usage line (default: ``sys.argv[0]``'s file name).
+
+    ``-h``/``--help``/``--helpfull`` print the doc and every flag with its help and default, then exit
+    with status 0. An unknown flag, a value that does not parse, a validator that fails (absl
+    ``register_validator``, ``DEFINE_enum``...), a required flag left out (``required=True`` or
+    ``flags.mark_flag_as_required(name, flag_values=...)``) or a stray plain argument prints one line
+    ``ERROR: ...`` naming it on stderr and exits with :data:`EXIT_USAGE` (``SystemExit``), as argparse
+    did. The values of an earlier parse are forgotten first, so a command may parse twice.
+
+    Then, as absl's ``app.run`` would: absl logging reads its own flags (``--verbosity``...) from the
+    global ``flags.FLAGS``, which the command does not parse, so they are marked parsed (at their
+    defaults), and absl's log handler is installed (lines like ``E0101 12:00:00.000000 123 file.py:45]
+    message`` on stderr)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    program = program or os.path.basename(sys.argv[0] or "command")
+    flag_args = args[:args.index("--")] if "--" in args else args
+    if any(arg in HELP_FLAGS for arg in flag_args):
+        print(format_help(flag_values, program_doc, program=program, positional=positional), end="", flush=True)
+        raise SystemExit(EXIT_OK)
+    if flag_values.is_parsed():
+        _unparse_quietly(flag_values)
+    try:
+        rest = flag_values([program, *args])[1:]
+    except flags.UnrecognizedFlagError as error:
+        _usage_error(_unknown_flag_message(error, flag_values))
+    except (flags.Error, ValueError) as error:
+        if not flag_values.is_parsed():  # a value that does not parse, a missing value (absl marks the flags
+            _usage_error(_strip_flag_word(str(error)))  # parsed only once all are, then runs the validators)
+        _usage_error(_validation_message(flag_values) or _strip_flag_word(str(error)))
+    if positional is None and rest:
+        _usage_error(f"unrecognized arguments: {' '.join(rest)} (this command takes only flags: --name=value)")
+    if positional is not None and len(rest) < positional.at_least:
+        _usage_error(f"the following arguments are required: {positional.name}")
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    logging.use_absl_handler()
+    values = {name: flag_values[name].value for name in _flag_names(flag_values)}
+    if positional is not None:
+        values[positional.name] = rest
+    return types.SimpleNamespace(**values)
+
+
+def flag_defaults(flag_values, overrides=None, what="options"):
+    """The defaults of the flags in ``flag_values`` as a namespace, with ``overrides`` ({name: value};
+    for tests and benchmarks, which call a command's work without a command line); a name that is not
+    a flag is a ValueError ("unknown <what> [...]")."""
+    values = {name: flag_values[name].default for name in _flag_names(flag_values)}
+    unknown = set(overrides or {}) - set(values)
+    if unknown:
+        raise ValueError(f"unknown {what} {sorted(unknown)}")
+    values.update(overrides or {})
+    return types.SimpleNamespace(**values)
+
+
+class _IntegerListParser(flags.ListParser):
+    """A comma-separated list of integers ("1,8")."""
+
+    def parse(self, argument):
+        items = super().parse(argument)
+        try:
+            return [int(item) for item in items]
+        except (TypeError, ValueError):
+            raise ValueError(f"expected comma-separated integers, got {argument!r}") from None
+
+    def flag_type(self):
+        return "integer list"
+
+
+def define_integer_list(name, default, help_text, flag_values):
+    """``--name=1,8``: a flag holding a list of integers (absl has ``DEFINE_list`` for strings only)."""
+    flags.DEFINE(_IntegerListParser(), name, default, help_text, flag_values=flag_values,
+                 serializer=flags.CsvListSerializer(","))
+
+
+def run_graph_command(flag_values, argv, program_doc, work, handlers=(), **parse_options):
+    """A TensorFlow command's ``main``: parses its flags (:func:`parse_flags`), switches TensorFlow to
+    graph mode, logs at INFO and runs ``work(options)`` under :func:`run_command`; returns the exit
+    status."""
+    options = parse_flags(flag_values, argv, program_doc, **parse_options)
+    from tf_compat import tf1  # here: a bad command line is reported before TensorFlow loads
+
+    tf1.disable_eager_execution()
+    logging.set_verbosity(logging.INFO)
+    return run_command(lambda: work(options), handlers)
+
+
+def format_help(flag_values, program_doc=None, *, program="command", positional=None):
+    """``--help``'s text: usage, the command's doc, then each flag (in definition order) with its help,
+    default and kind, as absl prints them."""
+    usage = f"usage: {program} [flags]" + (f" {positional.name}..." if positional else "")
+    blocks = [usage]
+    if program_doc:
+        blocks.append(inspect.cleandoc(program_doc))
+    if positional is not None:
+        blocks.append("arguments:\n" + _wrap(f"{positional.name}: {positional.help}"))
+    required = set(_required_flags(flag_values))
+    entries = []
+    for name in _flag_names(flag_values):
+        flag = flag_values[name]
+        text = _wrap(f"--{'[no]' if flag.boolean else ''}{name}: {flag.help or ''}".rstrip())
+        notes = ["required"] if name in required else []
+        if flag.default_as_str:
+            notes.append(f"default: {flag.default_as_str}")
+        if flag.parser.syntactic_help:
+            notes.append(flag.parser.syntactic_help)
+        entries.append("\n".join([text] + [_wrap(f"({note})", indent="    ") for note in notes]))
+    blocks.append("flags:\n" + "\n".join(entries))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _wrap(text, indent="  "):
+    lines = []
+    for index, paragraph in enumerate(text.split("\n")):
+        first = indent if index == 0 else indent + "  "
+        lines += textwrap.wrap(paragraph.strip(), _HELP_WIDTH, initial_indent=first,
+                               subsequent_indent=indent + "  ") or [""]
+    return "\n".join(lines)
+
+
+def _flag_names(flag_values):
+    """The flags' names in definition order (a short name is the same flag again)."""
+    return [name for name in flag_values if flag_values[name].name == name]
+
+
+def _required_message(name):
+    return f"Flag --{name} must have a value other than None."  # absl's mark_flag_as_required
+
+
+def _required_flags(flag_values):
+    return [name for name in _flag_names(flag_values)
+            if any(getattr(v, "message", None) == _required_message(name) for v in flag_values[name].validators)]
+
+
+class _WithoutUnparseNote(std_logging.Filter):
+    def filter(self, record):
+        return not str(record.msg).startswith("unparse_flags() called")
+
+
+def _unparse_quietly(flag_values):
+    """``flag_values.unparse_flags()`` (every flag back to its default, not parsed) without absl's INFO line
+    saying so, which would land in the log of a command parsed twice in one process (tests)."""
+    root = std_logging.getLogger()
+    quiet = _WithoutUnparseNote()
+    root.addFilter(quiet)
+    try:
+        flag_values.unparse_flags()
+    finally:
+        root.removeFilter(quiet)
+
+
+def _usage_error(message):
+    print("ERROR: " + " ".join(message.split()), file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _strip_flag_word(message):
+    """absl's "flag --batch_size=x: invalid literal..." -> "--batch_size=x: invalid literal..."."""
+    return message[len("flag "):] if message.startswith("flag --") else message
+
+
+def _unknown_flag_message(error, flag_values):
+    message = f"unknown flag --{error.flagname}"
+    try:
+        from absl.flags import _helpers  # absl's own "did you mean", as its app.run prints it
+
+        close = _helpers.get_flag_suggestions(error.flagname, _flag_names(flag_values))
+    except (ImportError, AttributeError):
+        close = []
+    if close:
+        message += f" (did you mean {' or '.join('--' + name for name in close)}?)"
+    return message + "; --help lists the flags"
+
+
+def _validation_message(flag_values):
+    """After a validator failed: every required flag left out, else the first failing validator's
+    message with the flags it checks."""
+    missing = [name for name in _required_flags(flag_values) if flag_values[name].value is None]
+    if missing:
+        return f"the following flags are required: {', '.join('--' + name for name in missing)}"
+    validators = {id(v): v for name in _flag_names(flag_values) for v in flag_values[name].validators}
+    for validator in sorted(validators.values(), key=lambda v: v.insertion_index):
+        try:
+            validator.verify(flag_values)
+        except flags.ValidationError as error:
+            message = str(error)
+            names = validator.get_flags_names()
+            if any(f"--{name}" in message for name in names):
+                return message
+            shown = ", ".join(f"--{name}={flag_values[name].value!r}" for name in names)
+            return f"{shown}: {message}"
+    return None
 
 
 # ----------------------------------------------------------------------------- option rules
