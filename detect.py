@@ -13,7 +13,6 @@ directory's configuration and the thresholds are the flags below; a SavedModel h
 thresholds from export. ``--min_score`` filters what is drawn and written in both cases.
 """
 
-import argparse
 import csv
 import io
 import json
@@ -26,13 +25,12 @@ package_guard.ensure_project_packages()
 
 import command_line  # noqa: E402
 
-from absl import logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from evaluation import detectors, progress as progress_lib, ssd_eval  # noqa: E402
 from preprocessing import ssd_vgg_preprocessing  # noqa: E402
 from preprocessing.visualization import BOX_COLOURS  # noqa: E402
-from tf_compat import tf1  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 JSON_FILE = "detections.json"
@@ -40,30 +38,50 @@ CSV_FILE = "detections.csv"
 CSV_FIELDS = ("file", "class_id", "class_name", "score", "ymin", "xmin", "ymax", "xmax")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = parser.add_argument
-    add("inputs", nargs="+", help="Image files and/or folders of images.")
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--saved_model", help="A SavedModel folder written by export_ssd_network.py.")
-    model.add_argument("--checkpoint_path", help="A training directory (its latest checkpoint) or a checkpoint prefix.")
-    add("--output_dir", required=True, help="Where the drawn images, detections.json and detections.csv go.")
-    add("--min_score", type=float, default=0.5, help="Keep (draw, write) detections with at least this score.")
-    add("--batch_size", type=int, default=8, help="Images per run of the model.")
-    add("--recursive", action="store_true", help="Also take images in sub-folders of folder inputs.")
-    add("--no_images", action="store_true", help="Write only the JSON and CSV, no drawn images.")
-    add("--progress_every_secs", type=float, default=10.0, help="Progress line (rate, ETA) this often.")
-    group = parser.add_argument_group("checkpoint only (a SavedModel keeps its export settings)")
-    group.add_argument("--model_name", default=None, help="Network; default: the training config's.")
-    group.add_argument("--image_size", default=None, help="Network input 'S' or 'H,W'; default: the training config's.")
-    group.add_argument("--resize_mode", choices=ssd_vgg_preprocessing.RESIZE_MODES, default="warp")
-    group.add_argument("--select_threshold", type=float, default=ssd_eval.DEFAULT_SELECT_THRESHOLD)
-    group.add_argument("--nms_threshold", type=float, default=ssd_eval.DEFAULT_NMS_THRESHOLD)
-    group.add_argument("--top_k", type=int, default=ssd_eval.DEFAULT_TOP_K)
-    group.add_argument("--keep_top_k", type=int, default=ssd_eval.DEFAULT_KEEP_TOP_K)
-    group.add_argument("--no_moving_averages", action="store_true", help="Use the raw weights, not the EMA.")
-    return parser
+INPUTS = command_line.Positional("inputs", "Image files and/or folders of images.", at_least=1)
+MODEL_FLAGS = ("saved_model", "checkpoint_path")
+_CHECKPOINT_ONLY = "Checkpoint only (a SavedModel keeps its export settings)."
+
+
+def _one_model(values):
+    """--saved_model or --checkpoint_path, exactly one (argparse's required mutually exclusive group)."""
+    if values["saved_model"] is not None and values["checkpoint_path"] is not None:
+        raise flags.ValidationError("--checkpoint_path: not allowed with --saved_model")
+    if values["saved_model"] is None and values["checkpoint_path"] is None:
+        raise flags.ValidationError("one of the flags --saved_model --checkpoint_path is required")
+    return True
+
+
+def define_flags(flag_values):
+    """Defines the detection flags on ``flag_values`` (a fresh :class:`absl.flags.FlagValues`); returns it.
+    The image files and folders are the plain arguments (:data:`INPUTS`)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("saved_model", None, "A SavedModel folder written by export_ssd_network.py.", **fv)
+    flags.DEFINE_string("checkpoint_path", None,
+                        "A training directory (its latest checkpoint) or a checkpoint prefix.", **fv)
+    flags.register_multi_flags_validator(MODEL_FLAGS, _one_model, **fv)
+    flags.DEFINE_string("output_dir", None, "Where the drawn images, detections.json and detections.csv go.",
+                        required=True, **fv)
+    flags.DEFINE_float("min_score", 0.5, "Keep (draw, write) detections with at least this score.", **fv)
+    flags.DEFINE_integer("batch_size", 8, "Images per run of the model.", **fv)
+    flags.DEFINE_bool("recursive", False, "Also take images in sub-folders of folder inputs.", **fv)
+    flags.DEFINE_bool("no_images", False, "Write only the JSON and CSV, no drawn images.", **fv)
+    flags.DEFINE_float("progress_every_secs", 10.0, "Progress line (rate, ETA) this often.", **fv)
+    flags.DEFINE_string("model_name", None, f"Network; default: the training config's. {_CHECKPOINT_ONLY}", **fv)
+    flags.DEFINE_string("image_size", None,
+                        f"Network input 'S' or 'H,W'; default: the training config's. {_CHECKPOINT_ONLY}", **fv)
+    flags.DEFINE_enum("resize_mode", "warp", ssd_vgg_preprocessing.RESIZE_MODES,
+                      f"Input resizing. {_CHECKPOINT_ONLY}", **fv)
+    flags.DEFINE_float("select_threshold", ssd_eval.DEFAULT_SELECT_THRESHOLD,
+                       f"Minimum class score. {_CHECKPOINT_ONLY}", **fv)
+    flags.DEFINE_float("nms_threshold", ssd_eval.DEFAULT_NMS_THRESHOLD, f"Per-class NMS IoU. {_CHECKPOINT_ONLY}",
+                       **fv)
+    flags.DEFINE_integer("top_k", ssd_eval.DEFAULT_TOP_K, f"Candidates per class before NMS. {_CHECKPOINT_ONLY}",
+                         **fv)
+    flags.DEFINE_integer("keep_top_k", ssd_eval.DEFAULT_KEEP_TOP_K,
+                         f"Detections per image after NMS. {_CHECKPOINT_ONLY}", **fv)
+    flags.DEFINE_bool("no_moving_averages", False, f"Use the raw weights, not the EMA. {_CHECKPOINT_ONLY}", **fv)
+    return flag_values
 
 
 def list_images(inputs, recursive=False):
@@ -222,10 +240,7 @@ def write_results(output_dir, results):
 
 
 def main(argv=None):
-    opts = build_parser().parse_args(argv)
-    tf1.disable_eager_execution()
-    logging.set_verbosity(logging.INFO)
-    return command_line.run_command(lambda: detect(opts))
+    return command_line.run_graph_command(define_flags(flags.FlagValues()), argv, __doc__, detect, positional=INPUTS)
 
 
 if __name__ == "__main__":

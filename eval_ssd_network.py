@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Evaluates SSD checkpoints on a converted dataset split: VOC07 11-point and VOC area mAP, COCO AP.
 
-    python eval_ssd_network.py --checkpoint_path=ckpt/fine_tuning --dataset_dir=data/voc07 \
+    python eval_ssd_network.py --checkpoint_path=ckpt/fine_tuning --dataset_dir=data/voc07 \\
         --dataset_split_name=test                     # the latest checkpoint, once
-    python eval_ssd_network.py --checkpoint_path=ckpt/fine_tuning --wait_for_checkpoints \
+    python eval_ssd_network.py --checkpoint_path=ckpt/fine_tuning --wait_for_checkpoints \\
         --timeout=3600 --keep_best                    # every new checkpoint while training runs
 
 One pass over the split: evaluation preprocessing, network, post-processing (decode,
@@ -19,12 +19,10 @@ training events); one JSON line per checkpoint appended to ``<eval_dir>/metrics.
 with ``--keep_best`` a copy of the best checkpoint so far in ``<eval_dir>/best/``.
 """
 
-import argparse
 import json
 import math
 import os
 import sys
-import types
 
 import package_guard
 
@@ -32,7 +30,7 @@ package_guard.ensure_project_packages()
 
 import command_line  # noqa: E402
 
-from absl import logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -49,62 +47,58 @@ BEST_METRICS = ("voc07_map", "voc_area_map", "coco_ap", "coco_ap50")
 VOC_BOX_CONVENTIONS = ("devkit", "continuous")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = parser.add_argument
-    add("--checkpoint_path", required=True, help="A training directory (its latest checkpoint) or a checkpoint prefix.")
-    add("--wait_for_checkpoints", action="store_true",
-        help="Follow the training directory --checkpoint_path: evaluate each new checkpoint once.")
-    add("--timeout", type=float, default=3600.0,
-        help="With --wait_for_checkpoints: stop after this many seconds without a new checkpoint.")
-    add("--eval_interval_secs", type=float, default=60.0,
-        help="With --wait_for_checkpoints: look for a new checkpoint at most this often.")
-    add("--eval_dir", default=None, help="Summaries, metrics.jsonl and best/; default <train_dir>/eval_<split>.")
-    add("--dataset_dir", default=None,
-        help="A converted dataset; default: the one in the training config, else the built-in sample dataset.")
-    add("--dataset_name", default=None, help="Expected dataset name; default: what the directory holds.")
-    add("--dataset_split_name", default="test", help="Split to evaluate.")
-    add("--model_name", default=None, help="Network; default: the training config's (else ssd_300_vgg).")
-    add("--image_size", default=None, help="Network input 'S' or 'H,W'; default: the training config's.")
-    add("--resize_mode", choices=ssd_vgg_preprocessing.RESIZE_MODES, default="warp",
-        help="warp: stretch to the input size (as in training); pad: keep the aspect ratio.")
-    add("--batch_size", type=int, default=8, help="Images per forward pass.")
-    add("--num_preprocessing_threads", type=int, default=4, help="Parallel parsing and preprocessing.")
-    add("--max_num_images", type=int, default=None, help="Evaluate only the first N images of the split.")
-    add("--select_threshold", type=float, default=ssd_eval.DEFAULT_SELECT_THRESHOLD, help="Minimum class score.")
-    add("--nms_threshold", type=float, default=ssd_eval.DEFAULT_NMS_THRESHOLD, help="Per-class NMS IoU.")
-    add("--top_k", type=int, default=ssd_eval.DEFAULT_TOP_K, help="Candidates per class before NMS.")
-    add("--keep_top_k", type=int, default=ssd_eval.DEFAULT_KEEP_TOP_K, help="Detections per image after NMS.")
-    add("--matching_iou", type=float, default=0.5, help="IoU above which a detection matches (VOC: 0.5).")
-    add("--voc_box_convention", choices=VOC_BOX_CONVENTIONS, default="devkit",
-        help="devkit: the VOC devkit's pixel-inclusive IoU and areas (a box is xmax - xmin + 1 pixels wide), "
-             "comparable with published VOC numbers; continuous: xmax - xmin.")
-    add("--no_coco", action="store_true", help="Skip the COCO metrics (pycocotools).")
-    add("--no_moving_averages", action="store_true", help="Use the raw weights even when the EMA is stored.")
-    add("--keep_best", action="store_true", help="Copy the best checkpoint so far into <eval_dir>/best/.")
-    add("--best_metric", choices=BEST_METRICS, default="voc07_map", help="What --keep_best compares.")
-    add("--progress_every_secs", type=float, default=10.0, help="Progress line (rate, ETA) this often.")
-    add("--gpu_memory_fraction", type=float, default=devices.DEFAULT_GPU_MEMORY_FRACTION)
-    add("--allow_growth", action="store_true", help="Let GPU memory grow on demand.")
-    return parser
+def define_flags(flag_values):
+    """Defines the evaluation flags on ``flag_values`` (a fresh :class:`absl.flags.FlagValues`); returns it."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("checkpoint_path", None,
+                        "A training directory (its latest checkpoint) or a checkpoint prefix.", required=True, **fv)
+    flags.DEFINE_bool("wait_for_checkpoints", False,
+                      "Follow the training directory --checkpoint_path: evaluate each new checkpoint once.", **fv)
+    flags.DEFINE_float("timeout", 3600.0,
+                       "With --wait_for_checkpoints: stop after this many seconds without a new checkpoint.", **fv)
+    flags.DEFINE_float("eval_interval_secs", 60.0,
+                       "With --wait_for_checkpoints: look for a new checkpoint at most this often.", **fv)
+    flags.DEFINE_string("eval_dir", None, "Summaries, metrics.jsonl and best/; default <train_dir>/eval_<split>.",
+                        **fv)
+    flags.DEFINE_string("dataset_dir", None, "A converted dataset; default: the one in the training config, else "
+                        "the built-in sample dataset.", **fv)
+    flags.DEFINE_string("dataset_name", None, "Expected dataset name; default: what the directory holds.", **fv)
+    flags.DEFINE_string("dataset_split_name", "test", "Split to evaluate.", **fv)
+    flags.DEFINE_string("model_name", None, "Network; default: the training config's (else ssd_300_vgg).", **fv)
+    flags.DEFINE_string("image_size", None, "Network input 'S' or 'H,W'; default: the training config's.", **fv)
+    flags.DEFINE_enum("resize_mode", "warp", ssd_vgg_preprocessing.RESIZE_MODES,
+                      "warp: stretch to the input size (as in training); pad: keep the aspect ratio.", **fv)
+    flags.DEFINE_integer("batch_size", 8, "Images per forward pass.", **fv)
+    flags.DEFINE_integer("num_preprocessing_threads", 4, "Parallel parsing and preprocessing.", **fv)
+    flags.DEFINE_integer("max_num_images", None, "Evaluate only the first N images of the split.", **fv)
+    flags.DEFINE_float("select_threshold", ssd_eval.DEFAULT_SELECT_THRESHOLD, "Minimum class score.", **fv)
+    flags.DEFINE_float("nms_threshold", ssd_eval.DEFAULT_NMS_THRESHOLD, "Per-class NMS IoU.", **fv)
+    flags.DEFINE_integer("top_k", ssd_eval.DEFAULT_TOP_K, "Candidates per class before NMS.", **fv)
+    flags.DEFINE_integer("keep_top_k", ssd_eval.DEFAULT_KEEP_TOP_K, "Detections per image after NMS.", **fv)
+    flags.DEFINE_float("matching_iou", 0.5, "IoU above which a detection matches (VOC: 0.5).", **fv)
+    flags.DEFINE_enum("voc_box_convention", "devkit", VOC_BOX_CONVENTIONS,
+                      "devkit: the VOC devkit's pixel-inclusive IoU and areas (a box is xmax - xmin + 1 pixels "
+                      "wide), comparable with published VOC numbers; continuous: xmax - xmin.", **fv)
+    flags.DEFINE_bool("no_coco", False, "Skip the COCO metrics (pycocotools).", **fv)
+    flags.DEFINE_bool("no_moving_averages", False, "Use the raw weights even when the EMA is stored.", **fv)
+    flags.DEFINE_bool("keep_best", False, "Copy the best checkpoint so far into <eval_dir>/best/.", **fv)
+    flags.DEFINE_enum("best_metric", "voc07_map", BEST_METRICS, "What --keep_best compares.", **fv)
+    flags.DEFINE_float("progress_every_secs", 10.0, "Progress line (rate, ETA) this often.", **fv)
+    flags.DEFINE_float("gpu_memory_fraction", devices.DEFAULT_GPU_MEMORY_FRACTION,
+                       "Share of each GPU's memory the session may take.", **fv)
+    flags.DEFINE_bool("allow_growth", False, "Let GPU memory grow on demand.", **fv)
+    return flag_values
 
 
 def default_options(**overrides):
     """The defaults as a namespace with ``overrides`` (for tests and benchmarks)."""
-    parser = build_parser()
-    values = {action.dest: action.default for action in parser._actions if action.dest != "help"}
-    unknown = set(overrides) - set(values)
-    if unknown:
-        raise ValueError(f"unknown evaluation options {sorted(unknown)}")
-    values.update(overrides)
-    return types.SimpleNamespace(**values)
+    return command_line.flag_defaults(define_flags(flags.FlagValues()), overrides, "evaluation options")
 
 
 def resolve_dataset_dir(opts, source):
     if opts.dataset_dir:
         return opts.dataset_dir
-    recorded = ((source.config or {}).get("dataset") or {}).get("dir")
+    recorded = source.record.dataset.dir if source.record else None
     if recorded and tf.io.gfile.exists(os.path.join(recorded, dataset_factory.DATASET_INFO)):
         logging.info("No --dataset_dir: evaluating on the training dataset %s", recorded)
         return recorded
@@ -349,11 +343,8 @@ def validate_options(opts):
 
 
 def main(argv=None):
-    opts = build_parser().parse_args(argv)
-    tf1.disable_eager_execution()
-    logging.set_verbosity(logging.INFO)
-    return command_line.run_command(lambda: evaluate(opts),
-                                    [(dataset_factory.DatasetError, command_line.EXIT_USAGE, None)])
+    return command_line.run_graph_command(define_flags(flags.FlagValues()), argv, __doc__, evaluate,
+                                          [(dataset_factory.DatasetError, command_line.EXIT_USAGE, None)])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ override); the EMA weights are exported when the checkpoint has them. ``labels.t
 ``export_config.json`` (thresholds, network, source checkpoint) are written as assets.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ package_guard.ensure_project_packages()
 
 import command_line  # noqa: E402
 
-from absl import logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from datasets import label_map  # noqa: E402
@@ -42,26 +41,32 @@ EXPORT_CONFIG = "export_config.json"
 LABELS_FILE = "labels.txt"
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = parser.add_argument
-    add("--checkpoint_path", required=True, help="A training directory (its latest checkpoint) or a checkpoint prefix.")
-    add("--output_dir", required=True, help="SavedModel folder to create (must not exist, see --overwrite).")
-    add("--overwrite", action="store_true", help="Replace --output_dir if it exists.")
-    add("--model_name", default=None, help="Network; default: the training config's (else ssd_300_vgg).")
-    add("--image_size", default=None, help="Network input 'S' or 'H,W'; default: the training config's.")
-    add("--num_classes", type=int, default=None,
-        help="Classes with background; default: the training config's, else read from the checkpoint.")
-    add("--labels_file", default=None,
-        help="A labels.txt (id:name) for the class names; default: the training config's.")
-    add("--resize_mode", choices=ssd_vgg_preprocessing.RESIZE_MODES, default="warp", help="Input resizing.")
-    add("--select_threshold", type=float, default=ssd_eval.DEFAULT_SELECT_THRESHOLD, help="Minimum class score.")
-    add("--nms_threshold", type=float, default=ssd_eval.DEFAULT_NMS_THRESHOLD, help="Per-class NMS IoU.")
-    add("--top_k", type=int, default=ssd_eval.DEFAULT_TOP_K, help="Candidates per class before NMS.")
-    add("--keep_top_k", type=int, default=ssd_eval.DEFAULT_KEEP_TOP_K, help="Detections per image (K).")
-    add("--no_moving_averages", action="store_true", help="Export the raw weights even when the EMA is stored.")
-    return parser
+def define_flags(flag_values):
+    """Defines the export flags on ``flag_values`` (a fresh :class:`absl.flags.FlagValues`); returns it."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("checkpoint_path", None,
+                        "A training directory (its latest checkpoint) or a checkpoint prefix.", required=True, **fv)
+    flags.DEFINE_string("output_dir", None, "SavedModel folder to create (must not exist, see --overwrite).",
+                        required=True, **fv)
+    flags.DEFINE_bool("overwrite", False, "Replace --output_dir if it exists.", **fv)
+    flags.DEFINE_string("model_name", None, "Network; default: the training config's (else ssd_300_vgg).", **fv)
+    flags.DEFINE_string("image_size", None, "Network input 'S' or 'H,W'; default: the training config's.", **fv)
+    flags.DEFINE_integer("num_classes", None, "Classes with background; default: the training config's, else read "
+                         "from the checkpoint.", **fv)
+    flags.DEFINE_string("labels_file", None,
+                        "A labels.txt (id:name) for the class names; default: the training config's.", **fv)
+    flags.DEFINE_enum("resize_mode", "warp", ssd_vgg_preprocessing.RESIZE_MODES, "Input resizing.", **fv)
+    flags.DEFINE_float("select_threshold", ssd_eval.DEFAULT_SELECT_THRESHOLD, "Minimum class score.", **fv)
+    flags.DEFINE_float("nms_threshold", ssd_eval.DEFAULT_NMS_THRESHOLD, "Per-class NMS IoU.", **fv)
+    flags.DEFINE_integer("top_k", ssd_eval.DEFAULT_TOP_K, "Candidates per class before NMS.", **fv)
+    flags.DEFINE_integer("keep_top_k", ssd_eval.DEFAULT_KEEP_TOP_K, "Detections per image (K).", **fv)
+    flags.DEFINE_bool("no_moving_averages", False, "Export the raw weights even when the EMA is stored.", **fv)
+    return flag_values
+
+
+def default_options(**overrides):
+    """The defaults as a namespace with ``overrides`` (--checkpoint_path and --output_dir have none)."""
+    return command_line.flag_defaults(define_flags(flags.FlagValues()), overrides, "export options")
 
 
 def build_inference_graph(source, opts):
@@ -180,10 +185,7 @@ def _write_assets(directory, labels, config):
 
 
 def main(argv=None):
-    opts = build_parser().parse_args(argv)
-    tf1.disable_eager_execution()
-    logging.set_verbosity(logging.INFO)
-    return command_line.run_command(lambda: export(opts))
+    return command_line.run_graph_command(define_flags(flags.FlagValues()), argv, __doc__, export)
 
 
 if __name__ == "__main__":
