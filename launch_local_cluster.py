@@ -14,13 +14,16 @@ task it started (SIGTERM, then SIGKILL after a grace period).
 On a real cluster run the same trainer command on each machine instead (README: multi-machine).
 """
 
-import argparse
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+
+from absl import flags
+
+import command_line
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 TRAINER = os.path.join(REPO_ROOT, "train_ssd_network.py")
@@ -165,20 +168,25 @@ class LocalCluster:
         self.stop_all()
 
 
+def define_flags(flag_values):
+    """Defines the launcher's own flags on ``flag_values`` (a fresh :class:`absl.flags.FlagValues`); returns it."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_integer("num_ps", 1, "Parameter-server tasks.", **fv)
+    flags.DEFINE_integer("num_workers", 2, "Worker tasks (worker 0 is the chief).", **fv)
+    flags.DEFINE_string("log_dir", None, "Where each task's log goes (default: a temporary folder).", **fv)
+    flags.DEFINE_float("timeout_secs", None, "Stop everything after this long.", **fv)
+    return flag_values
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], usage="%(prog)s [--num_ps N] [--num_workers M] [--log_dir DIR] "
-        "[--timeout_secs S] -- TRAINER_FLAGS...")
-    parser.add_argument("--num_ps", type=int, default=1, help="Parameter-server tasks.")
-    parser.add_argument("--num_workers", type=int, default=2, help="Worker tasks (worker 0 is the chief).")
-    parser.add_argument("--log_dir", default=None, help="Where each task's log goes (default: a temporary folder).")
-    parser.add_argument("--timeout_secs", type=float, default=None, help="Stop everything after this long.")
+    """(the launcher's options, the trainer's flags): the arguments after ``--`` go to every task."""
     if "--" in argv:
         split = argv.index("--")
         own, trainer_args = argv[:split], argv[split + 1:]
     else:
         own, trainer_args = argv, []
-    args = parser.parse_args(own)
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), own, __doc__,
+                                    program="launch_local_cluster.py")
     return args, trainer_args
 
 

@@ -10,7 +10,6 @@ OUT/conversion_report.{txt,json}. Exit status: 0 when images were written, 1 whe
 (or, with --strict, when any image or object was skipped), 2 for unusable arguments.
 """
 
-import argparse
 import os
 import sys
 
@@ -27,45 +26,46 @@ from datasets import converter, sources  # noqa: E402
 
 
 def _split_names(text):
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one split name")
-    return tuple(names)
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="tf_convert_data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset_dir", action="append", required=True,
-                        help="a VOC root (Annotations/, JPEGImages/, ImageSets/Main/) or a labelImg folder; "
-                             "repeat to merge several roots into one dataset (e.g. VOC2007 and VOC2012)")
-    parser.add_argument("--output_dir", required=True, help="where the shards, labels.txt and dataset_info.json go")
-    parser.add_argument("--output_name", default="dataset",
-                        help="shard file prefix and dataset name (pascalvoc_2007, pascalvoc_2012, pascalvoc_0712 "
-                             "for the VOC datasets); default %(default)s")
-    parser.add_argument("--splits", type=_split_names, default=("trainval", "test"),
-                        help="comma-separated split names: VOC ImageSets/Main/<split>.txt files, or for folders "
-                             "without split files one or two names (the last gets --test_fraction); "
-                             "default trainval,test")
-    parser.add_argument("--label_map", default=None,
-                        help="labels.txt (`id:name` or one name per line) fixing class names and ids; default: "
-                             "the class names found in the data, sorted, ids from 1")
-    parser.add_argument("--unknown_class", choices=converter.UNKNOWN_CLASS_POLICIES, default="skip",
-                        help="objects whose class is not in --label_map: skip them (reported) or stop with an "
-                             "error before writing; default %(default)s")
-    parser.add_argument("--test_fraction", type=float, default=0.2,
-                        help="folders without split files: share of images put in the last split; default %(default)s")
-    parser.add_argument("--split_seed", type=int, default=0, help="seed of that split; default %(default)s")
-    parser.add_argument("--shuffle_seed", type=int, default=0, help="seed of the order of images across shards")
-    parser.add_argument("--num_shards", type=int, default=0,
-                        help=f"shards per split; 0 (default): one per {converter.IMAGES_PER_SHARD} images")
-    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1,
-                        help="worker processes; default: the number of CPU cores (%(default)s)")
-    parser.add_argument("--keep_incomplete_images", action="store_true",
-                        help="keep JPEGs whose scan data ends early (the decoder fills the rest with grey), with a "
-                             "warning in the report, instead of skipping them")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit with status 1 if any image or object was skipped (the output is still written)")
-    return parser
+def define_flags(flag_values):
+    """Defines the converter's flags on ``flag_values`` (a fresh :class:`absl.flags.FlagValues`); returns it."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_multi_string("dataset_dir", None,
+                              "a VOC root (Annotations/, JPEGImages/, ImageSets/Main/) or a labelImg folder; "
+                              "repeat to merge several roots into one dataset (e.g. VOC2007 and VOC2012)",
+                              required=True, **fv)
+    flags.DEFINE_string("output_dir", None, "where the shards, labels.txt and dataset_info.json go", required=True,
+                        **fv)
+    flags.DEFINE_string("output_name", "dataset",
+                        "shard file prefix and dataset name (pascalvoc_2007, pascalvoc_2012, pascalvoc_0712 for "
+                        "the VOC datasets); default dataset", **fv)
+    flags.DEFINE_string("splits", "trainval,test",
+                        "comma-separated split names: VOC ImageSets/Main/<split>.txt files, or for folders without "
+                        "split files one or two names (the last gets --test_fraction); default trainval,test", **fv)
+    flags.register_validator("splits", lambda text: bool(_split_names(text)),
+                             message="--splits: give at least one split name", **fv)
+    flags.DEFINE_string("label_map", None,
+                        "labels.txt (`id:name` or one name per line) fixing class names and ids; default: the class "
+                        "names found in the data, sorted, ids from 1", **fv)
+    flags.DEFINE_enum("unknown_class", "skip", converter.UNKNOWN_CLASS_POLICIES,
+                      "objects whose class is not in --label_map: skip them (reported) or stop with an error before "
+                      "writing; default skip", **fv)
+    flags.DEFINE_float("test_fraction", 0.2,
+                       "folders without split files: share of images put in the last split; default 0.2", **fv)
+    flags.DEFINE_integer("split_seed", 0, "seed of that split; default 0", **fv)
+    flags.DEFINE_integer("shuffle_seed", 0, "seed of the order of images across shards", **fv)
+    flags.DEFINE_integer("num_shards", 0,
+                         f"shards per split; 0 (default): one per {converter.IMAGES_PER_SHARD} images", **fv)
+    cores = os.cpu_count() or 1
+    flags.DEFINE_integer("num_workers", cores, f"worker processes; default: the number of CPU cores ({cores})", **fv)
+    flags.DEFINE_bool("keep_incomplete_images", False,
+                      "keep JPEGs whose scan data ends early (the decoder fills the rest with grey), with a warning "
+                      "in the report, instead of skipping them", **fv)
+    flags.DEFINE_bool("strict", False,
+                      "exit with status 1 if any image or object was skipped (the output is still written)", **fv)
+    return flag_values
 
 
 OPTION_RULES = {
@@ -76,18 +76,15 @@ OPTION_RULES = {
 
 
 def main(argv=None):
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()  # this tool uses argparse; absl logging only needs to know it may log
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__, program="tf_convert_data")
     logging.set_verbosity(logging.INFO)
-    logging.use_absl_handler()
     try:
         command_line.check_options(args, OPTION_RULES)
     except command_line.UsageError as error:
         logging.error("%s", error)
         return command_line.EXIT_USAGE
     options = converter.ConversionOptions(
-        splits=args.splits,
+        splits=_split_names(args.splits),
         label_map_path=args.label_map,
         unknown_class=args.unknown_class,
         test_fraction=args.test_fraction,
