@@ -9,41 +9,44 @@ slots and ``global_step`` are not copied. After writing, the checkpoint is read 
 variable count, parameter count and a few names are printed.
 """
 
-import argparse
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from absl import flags  # noqa: E402
+
+import command_line  # noqa: E402
 from checkpoints import class_count  # noqa: E402
 from nets import nets_factory  # noqa: E402
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m checkpoints.convert_class_count",
-        description="SSD checkpoint -> starting checkpoint for another class count (class heads dropped or "
-                    "re-initialised; optimizer slots and global_step left out).",
-    )
-    parser.add_argument("--checkpoint_path", required=True,
-                        help="SSD checkpoint prefix, or a directory with a 'checkpoint' state file")
-    parser.add_argument("--output", required=True,
-                        help="checkpoint prefix to write; the directory's 'checkpoint' file is pointed at it")
-    parser.add_argument("--num_classes", required=True, type=int,
-                        help="new class count, background included (labels.txt lines of the converted dataset)")
-    parser.add_argument("--model_name", default="ssd_300_vgg", choices=nets_factory.list_networks(),
-                        help="the network the checkpoint belongs to (default: %(default)s)")
-    parser.add_argument("--model_scope", default=None,
-                        help="the network's scope in the checkpoint, if not the network's name")
-    parser.add_argument("--reinitialize_heads", action="store_true",
-                        help="write the class heads with fresh values from the network's initialisers "
-                             "(default: leave them out)")
-    parser.add_argument("--seed", type=int, default=0, help="graph seed of the re-initialised heads")
-    return parser.parse_args(argv)
+PROGRAM = "python -m checkpoints.convert_class_count"
+
+
+def define_flags(flag_values):
+    """Defines the converter's flags on ``flag_values`` (a fresh :class:`absl.flags.FlagValues`); returns it."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("checkpoint_path", None, "SSD checkpoint prefix, or a directory with a 'checkpoint' state file",
+                        required=True, **fv)
+    flags.DEFINE_string("output", None,
+                        "checkpoint prefix to write; the directory's 'checkpoint' file is pointed at it", required=True,
+                        **fv)
+    flags.DEFINE_integer("num_classes", None,
+                         "new class count, background included (labels.txt lines of the converted dataset)",
+                         required=True, **fv)
+    flags.DEFINE_enum("model_name", "ssd_300_vgg", nets_factory.list_networks(),
+                      "the network the checkpoint belongs to (default: ssd_300_vgg)", **fv)
+    flags.DEFINE_string("model_scope", None, "the network's scope in the checkpoint, if not the network's name", **fv)
+    flags.DEFINE_bool("reinitialize_heads", False,
+                      "write the class heads with fresh values from the network's initialisers (default: leave them "
+                      "out)", **fv)
+    flags.DEFINE_integer("seed", 0, "graph seed of the re-initialised heads", **fv)
+    return flag_values
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__, program=PROGRAM)
     try:
         result = class_count.convert_class_count(
             args.checkpoint_path, args.output, args.num_classes, model_name=args.model_name,

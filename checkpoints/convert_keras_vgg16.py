@@ -11,35 +11,34 @@ fc6/fc7/fc8, from which the trainer starts SSD's conv6/conv7 (the paper's reduce
 its variable count, parameter count and a few names are printed.
 """
 
-import argparse
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
+import command_line  # noqa: E402
 from checkpoints import keras_vgg16  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join("ckpt", "pre_trained", "vgg_16.ckpt")
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m checkpoints.convert_keras_vgg16",
-        description="Keras VGG-16 weights (.h5) -> TF-Slim vgg_16 checkpoint (RGB input, HWIO kernels).",
-    )
-    parser.add_argument("--keras_weights", required=True,
-                        help="Keras VGG-16 weights file, e.g. vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 "
-                             "(from ~/.keras/models after keras.applications.VGG16(weights='imagenet'))")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT,
-                        help="checkpoint prefix to write (default: %(default)s); the directory's 'checkpoint' "
-                             "file is pointed at it so the directory works as --checkpoint_path")
-    return parser.parse_args(argv)
+def define_flags(flag_values):
+    """Defines the converter's flags on ``flag_values`` (a fresh :class:`absl.flags.FlagValues`); returns it."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("keras_weights", None,
+                        "Keras VGG-16 weights file, e.g. vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 (from "
+                        "~/.keras/models after keras.applications.VGG16(weights='imagenet'))", required=True, **fv)
+    flags.DEFINE_string("output", DEFAULT_OUTPUT,
+                        f"checkpoint prefix to write (default: {DEFAULT_OUTPUT}); the directory's 'checkpoint' file "
+                        "is pointed at it so the directory works as --checkpoint_path", **fv)
+    return flag_values
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__,
+                                    program="python -m checkpoints.convert_keras_vgg16")
     logging.info("converting %s -> %s", args.keras_weights, args.output)
     try:
         summary = keras_vgg16.convert(args.keras_weights, args.output)

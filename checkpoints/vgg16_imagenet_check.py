@@ -16,7 +16,6 @@ Re-recording (only when the image recipe or the reference checkpoint changes on 
         --checkpoint_path=../shared/weights/vgg_16_imagenet/vgg_16_imagenet_conv.ckpt --record
 """
 
-import argparse
 import hashlib
 import json
 import os
@@ -26,7 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
 
+import command_line  # noqa: E402
 from checkpoints.keras_vgg16 import CHECKPOINT_SCOPE, CONV_LAYERS, RGB_MEANS  # noqa: E402
 from tf_compat import slim, tf1  # noqa: E402
 
@@ -171,12 +172,17 @@ def record_reference(checkpoint_path, path=REFERENCE_FILE):
     return reference
 
 
+def define_flags(flag_values):
+    """Defines the check's flags on ``flag_values`` (a fresh :class:`absl.flags.FlagValues`); returns it."""
+    flags.DEFINE_string("checkpoint_path", None, "vgg_16 checkpoint prefix (or its directory)", required=True,
+                        flag_values=flag_values)
+    flags.DEFINE_bool("record", False, f"rewrite {REFERENCE_FILE} from this checkpoint", flag_values=flag_values)
+    return flag_values
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m checkpoints.vgg16_imagenet_check",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint_path", required=True, help="vgg_16 checkpoint prefix (or its directory)")
-    parser.add_argument("--record", action="store_true", help=f"rewrite {REFERENCE_FILE} from this checkpoint")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__,
+                                    program="python -m checkpoints.vgg16_imagenet_check")
     path = args.checkpoint_path
     if os.path.isdir(path):
         path = tf.train.latest_checkpoint(path) or path

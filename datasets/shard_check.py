@@ -13,11 +13,14 @@ shard for the epoch with TensorFlow's warning, and ``python -m datasets.shard_ch
 --dataset_dir=...`` reads every record to name the shard.
 """
 
-import argparse
 import dataclasses
 import os
 import struct
 import sys
+
+from absl import flags
+
+import command_line
 
 _HEADER = 12  # uint64 length + uint32 masked CRC of the length
 _FOOTER = 4  # uint32 masked CRC of the data
@@ -100,12 +103,18 @@ def read_every_record(path):
     return count, None
 
 
+def define_flags(flag_values):
+    """Defines the check's flags on ``flag_values`` (a fresh :class:`absl.flags.FlagValues`); returns it."""
+    flags.DEFINE_string("dataset_dir", None, "A converted dataset (tf_convert_data.py output).", required=True,
+                        flag_values=flag_values)
+    return flag_values
+
+
 def main(argv=None):
     """``python -m datasets.shard_check --dataset_dir=D``: reads every record of every shard of a
     converted dataset and names each damaged shard; exit status 4 when one is."""
-    parser = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset_dir", required=True, help="A converted dataset (tf_convert_data.py output).")
-    args = parser.parse_args(argv)
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, main.__doc__,
+                                    program="python -m datasets.shard_check")
     from datasets import dataset_factory
 
     try:

@@ -19,7 +19,6 @@ The trainer logs :meth:`CoverageReport.summary_line` at start-up; the full table
         [--image_size=300] [--match_threshold=0.5]
 """
 
-import argparse
 import dataclasses
 import sys
 
@@ -168,22 +167,37 @@ def coverage_report(net, spec, match_threshold=0.5, negative_threshold=None, max
                           by_size=by_size)
 
 
+def define_flags(flag_values):
+    """Defines the command's flags on ``flag_values`` (a fresh :class:`absl.flags.FlagValues`); returns it."""
+    from absl import flags
+
+    from nets import nets_factory
+
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("dataset_dir", None, "A converted dataset (tf_convert_data.py output).", required=True, **fv)
+    flags.DEFINE_string("split", "trainval", "The split whose boxes are measured.", **fv)
+    flags.DEFINE_enum("model_name", "ssd_300_vgg", nets_factory.list_networks(), "The network whose anchors are "
+                      "measured.", **fv)
+    flags.DEFINE_string("image_size", None, "Network input 'S' or 'H,W' (default: the network's).", **fv)
+    flags.DEFINE_float("match_threshold", 0.5, "IoU from which an anchor is positive (the trainer's "
+                       "--match_threshold).", **fv)
+    flags.DEFINE_integer("max_images", None, "Read only the first N images of the split.", **fv)
+    return flag_values
+
+
 def main(argv=None):
     import package_guard
 
     package_guard.ensure_project_packages()
+    from absl import flags
+
+    import command_line
     from datasets import dataset_factory
     from nets import nets_factory
     from tf_compat import tf1
 
-    parser = argparse.ArgumentParser(prog="python -m nets.anchor_coverage", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset_dir", required=True, help="A converted dataset (tf_convert_data.py output).")
-    parser.add_argument("--split", default="trainval")
-    parser.add_argument("--model_name", default="ssd_300_vgg", choices=nets_factory.list_networks())
-    parser.add_argument("--image_size", default=None, help="Network input 'S' or 'H,W' (default: the network's).")
-    parser.add_argument("--match_threshold", type=float, default=0.5)
-    parser.add_argument("--max_images", type=int, default=None, help="Read only the first N images of the split.")
-    args = parser.parse_args(argv)
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__,
+                                    program="python -m nets.anchor_coverage")
     tf1.disable_eager_execution()
     try:
         spec = dataset_factory.get_dataset(None, args.split, args.dataset_dir)
