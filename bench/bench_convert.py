@@ -7,7 +7,6 @@ re-encoded: the work is XML parsing, image header and integrity checks and TFRec
 Prints one JSON object per worker count: min and median images/s over the repeats.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -24,8 +23,9 @@ import package_guard  # noqa: E402
 
 package_guard.ensure_project_packages()
 
-from absl import logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
+import command_line  # noqa: E402
 from datasets import converter  # noqa: E402
 
 DEFAULT_DATASET = os.path.join(package_guard.PROJECT_ROOT, "..", "shared", "data", "BCCD")
@@ -47,12 +47,16 @@ def convert_once(dataset_dir, workers):
     return result.num_images, seconds
 
 
+def define_flags(flag_values):
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("dataset_dir", DEFAULT_DATASET, "A VOC-layout dataset to convert.", **fv)
+    flags.DEFINE_string("workers", "1,2", "comma-separated worker counts", **fv)
+    flags.DEFINE_integer("repeats", 5, "Conversions per worker count.", **fv)
+    return flag_values
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset_dir", default=DEFAULT_DATASET)
-    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__)
     logging.set_verbosity(logging.ERROR)  # BCCD's two degenerate boxes would be reported on every repeat
     dataset_dir = os.path.abspath(args.dataset_dir)
     if not os.path.isdir(dataset_dir):

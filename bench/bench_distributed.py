@@ -18,7 +18,6 @@ scratch; one JSON line per configuration (median, min) and one per cluster mode 
 median images/s, cluster over one machine (> 1: the cluster is faster).
 """
 
-import argparse
 import datetime
 import json
 import os
@@ -32,6 +31,9 @@ import tempfile
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+from absl import flags  # noqa: E402
+
+import command_line  # noqa: E402
 from launch_local_cluster import TRAINER, LocalCluster  # noqa: E402
 
 STEP_LINE = re.compile(r"^I\d{4} (\d\d:\d\d:\d\d\.\d+) .*global step (\d+): loss", re.MULTILINE)
@@ -88,20 +90,28 @@ def run_cluster(args, work_dir, sync):
     return steps_per_second(chief_log, args.warmup_steps)
 
 
+def _modes(text):
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def define_flags(flag_values):
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("modes", "async,sync", "cluster modes to compare: async, sync or both", **fv)
+    flags.register_validator("modes", lambda text: bool(_modes(text)) and not set(_modes(text)) - {"async", "sync"},
+                             message="--modes must list async and/or sync", **fv)
+    flags.DEFINE_integer("image_size", 300, "Network input size.", **fv)
+    flags.DEFINE_integer("batch_size", 4, "images per tower (clone or worker)", **fv)
+    flags.DEFINE_integer("steps", 30, "timed global steps after the warm-up", **fv)
+    flags.DEFINE_integer("warmup_steps", 5, "Global steps before the timing starts.", **fv)
+    flags.DEFINE_integer("repeats", 3, "Runs of each configuration, each from scratch.", **fv)
+    flags.DEFINE_enum("augmentation", "ssd", ["ssd", "none"], "The trainer's --augmentation.", **fv)
+    flags.DEFINE_string("dataset_dir", None, "a converted dataset (default: the sample dataset)", **fv)
+    return flag_values
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modes", default="async,sync", help="cluster modes to compare: async, sync or both")
-    parser.add_argument("--image_size", type=int, default=300)
-    parser.add_argument("--batch_size", type=int, default=4, help="images per tower (clone or worker)")
-    parser.add_argument("--steps", type=int, default=30, help="timed global steps after the warm-up")
-    parser.add_argument("--warmup_steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--augmentation", default="ssd", choices=["ssd", "none"])
-    parser.add_argument("--dataset_dir", default=None, help="a converted dataset (default: the sample dataset)")
-    args = parser.parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or set(modes) - {"async", "sync"}:
-        parser.error(f"--modes must list async and/or sync, got {args.modes!r}")
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__)
+    modes = _modes(args.modes)
 
     configs = {"one_machine": (lambda d: run_one_machine(args, d), 2 * args.batch_size)}
     for mode in modes:

@@ -6,10 +6,9 @@ Prints one JSON object per measurement. Run from the repository root:
 
     python bench/bench_eval.py                                         # SSD300 on the sample test split
     python bench/bench_eval.py --dataset_dir=data/voc07 --split=test  # a real split
-    python bench/bench_eval.py --image_size 96 --max_num_images 8 --repeats 2   # smoke test
+    python bench/bench_eval.py --image_size 96 --max_num_images 8 --repeats 2 --batch_sizes=1   # smoke test
 """
 
-import argparse
 import io
 import json
 import os
@@ -28,9 +27,10 @@ package_guard.ensure_project_packages()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import command_line  # noqa: E402
 import eval_ssd_network  # noqa: E402
 import export_ssd_network  # noqa: E402
 from datasets import dataset_factory, sample_data  # noqa: E402
@@ -64,19 +64,23 @@ def jpeg_bytes(height, width, seed):
     return buffer.getvalue()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model_name", default="ssd_300_vgg")
-    parser.add_argument("--image_size", type=int, default=300)
-    parser.add_argument("--dataset_dir", default=None, help="Default: the built-in sample dataset.")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--eval_batch_size", type=int, default=8)
-    parser.add_argument("--max_num_images", type=int, default=None)
-    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=20, help="Timed SavedModel calls per batch size.")
-    parser.add_argument("--input_height", type=int, default=375, help="Size of the JPEGs sent to the SavedModel.")
-    parser.add_argument("--input_width", type=int, default=500)
-    args = parser.parse_args()
+def define_flags(flag_values):
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("model_name", "ssd_300_vgg", "Network.", **fv)
+    flags.DEFINE_integer("image_size", 300, "Network input size.", **fv)
+    flags.DEFINE_string("dataset_dir", None, "Default: the built-in sample dataset.", **fv)
+    flags.DEFINE_string("split", "test", "Split to evaluate.", **fv)
+    flags.DEFINE_integer("eval_batch_size", 8, "Images per forward pass of the evaluation.", **fv)
+    flags.DEFINE_integer("max_num_images", None, "Evaluate only the first N images of the split.", **fv)
+    flags.DEFINE_integer("repeats", 20, "Timed SavedModel calls per batch size.", **fv)
+    flags.DEFINE_integer("input_height", 375, "Size of the JPEGs sent to the SavedModel.", **fv)
+    flags.DEFINE_integer("input_width", 500, "Width of the JPEGs sent to the SavedModel.", **fv)
+    command_line.define_integer_list("batch_sizes", [1, 8], "SavedModel batch sizes to time.", flag_values)
+    return flag_values
+
+
+def main(argv=None):
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__)
 
     tf1.disable_eager_execution()
     logging.set_verbosity(logging.WARNING)
@@ -103,9 +107,9 @@ def main():
                       "unit": "images/s", "machine": where}), flush=True)
 
     export_dir = os.path.join(work_dir, "export")
-    export_ssd_network.export(export_ssd_network.build_parser().parse_args(
-        [f"--checkpoint_path={prefix}", f"--output_dir={export_dir}", f"--model_name={args.model_name}",
-         f"--image_size={args.image_size}", f"--num_classes={spec.num_classes}"]))
+    export_ssd_network.export(export_ssd_network.default_options(
+        checkpoint_path=prefix, output_dir=export_dir, model_name=args.model_name, image_size=str(args.image_size),
+        num_classes=spec.num_classes))
     with detectors.saved_model_detector(export_dir) as detector:
         for batch_size in args.batch_sizes:
             images = [jpeg_bytes(args.input_height, args.input_width, seed) for seed in range(batch_size)]

@@ -6,7 +6,6 @@ Prints one JSON object per batch size. Run from the repository root:
     python bench/bench_forward.py --batch_sizes 1 --repeats 1 --img_size 64   # smoke test
 """
 
-import argparse
 import json
 import os
 import platform
@@ -18,19 +17,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
 
+import command_line  # noqa: E402
 from nets import nets_factory  # noqa: E402
 from tf_compat import slim, tf1  # noqa: E402
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--network", default="ssd_300_vgg")
-    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--img_size", type=int, default=300)
-    args = parser.parse_args()
+def define_flags(flag_values):
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("network", "ssd_300_vgg", "Network.", **fv)
+    command_line.define_integer_list("batch_sizes", [1, 8], "Batch sizes to time, comma-separated.", flag_values)
+    flags.DEFINE_integer("repeats", 10, "Timed runs per batch size.", **fv)
+    flags.DEFINE_integer("img_size", 300, "Network input size.", **fv)
+    return flag_values
 
+
+def main(argv=None):
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__)
     tf1.disable_eager_execution()
     net = nets_factory.get_network(args.network, img_shape=(args.img_size, args.img_size))
     cpu = platform.processor() or platform.machine()

@@ -1,6 +1,6 @@
 """Input-pipeline throughput of SSD training: read + parse + decode + augment [+ encode] + batch.
 
-Measures the trainer's own pipeline (``train_ssd_network.build_input_dataset``) on BCCD
+Measures the trainer's own pipeline (``training.graph.build_input_dataset``) on BCCD
 converted to TFRecords (in a temporary folder, or ``--dataset_dir``), for each
 ``--parallel_calls`` value and with anchor matching in the pipeline (``encode_targets_in=input``,
 the trainer's default) and without it (``tower``: matching then runs in the towers). Prints one
@@ -9,7 +9,6 @@ JSON object per configuration: images/s min and median over ``--repeats`` fresh 
     python bench/bench_input_pipeline.py [--batch_size 32 --num_batches 20 --repeats 3]
 """
 
-import argparse
 import json
 import os
 import pathlib
@@ -28,21 +27,24 @@ import package_guard  # noqa: E402
 package_guard.ensure_project_packages()
 
 import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
 
-import train_ssd_network  # noqa: E402
+import command_line  # noqa: E402
 from datasets import converter, dataset_factory  # noqa: E402
 from tf_compat import tf1  # noqa: E402
+from training import graph as graph_lib  # noqa: E402
+from training.config import TrainingConfig  # noqa: E402
 
 BCCD_DIR = REPO_ROOT.parent / "shared" / "data" / "BCCD"
 
 
 def images_per_second(spec, model_name, parallel_calls, encode_targets_in, batch_size, num_batches, warmup_batches):
-    opts = train_ssd_network.default_options(
+    opts = TrainingConfig(
         model_name=model_name, batch_size=batch_size, num_readers=2, num_preprocessing_threads=parallel_calls,
         encode_targets_in=encode_targets_in)
     with tf.Graph().as_default():
-        net = train_ssd_network.build_network(opts, spec.num_classes)
-        dataset = train_ssd_network.build_input_dataset(opts, spec, net, opts.seed)
+        net = graph_lib.build_network(opts, spec.num_classes)
+        dataset = graph_lib.build_input_dataset(opts, spec, net, opts.seed)
         batch = tf1.data.make_one_shot_iterator(dataset).get_next()
         # One small fetch per batch: every op of the batch still runs, without large host copies.
         fetch = batch["labels"]
@@ -55,17 +57,21 @@ def images_per_second(spec, model_name, parallel_calls, encode_targets_in, batch
             return batch_size * num_batches / (time.perf_counter() - start)
 
 
+def define_flags(flag_values):
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("dataset_dir", None, "a converted dataset (default: BCCD, converted here)", **fv)
+    flags.DEFINE_string("model_name", "ssd_300_vgg", "Network.", **fv)
+    flags.DEFINE_string("parallel_calls", "1,2", "comma-separated num_preprocessing_threads values", **fv)
+    flags.DEFINE_string("encode_targets_in", "input,tower", "comma-separated encode_targets_in values", **fv)
+    flags.DEFINE_integer("batch_size", 32, "Images per batch.", **fv)
+    flags.DEFINE_integer("num_batches", 20, "Timed batches per repeat.", **fv)
+    flags.DEFINE_integer("warmup_batches", 2, "Batches before the timing starts.", **fv)
+    flags.DEFINE_integer("repeats", 3, "Fresh graphs per configuration.", **fv)
+    return flag_values
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset_dir", default=None, help="a converted dataset (default: BCCD, converted here)")
-    parser.add_argument("--model_name", default="ssd_300_vgg")
-    parser.add_argument("--parallel_calls", default="1,2")
-    parser.add_argument("--encode_targets_in", default="input,tower")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_batches", type=int, default=20)
-    parser.add_argument("--warmup_batches", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__)
     tf1.disable_eager_execution()
 
     with tempfile.TemporaryDirectory() as work_dir:

@@ -17,7 +17,6 @@ checkpoints and the evaluator's summaries stay in ``--work_dir``::
     python bench/bench_quality.py ... -- --learning_rate=0.0005            # another recipe
 """
 
-import argparse
 import glob
 import json
 import os
@@ -35,7 +34,9 @@ import package_guard  # noqa: E402
 
 package_guard.ensure_project_packages()
 
-from absl import logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+import command_line  # noqa: E402
 
 DEFAULT_VOC_DIR = os.path.join(REPO_ROOT, os.pardir, "shared", "data", "BCCD")
 DEFAULT_CHECKPOINT = os.path.join(REPO_ROOT, os.pardir, "shared", "weights", "vgg_16_imagenet",
@@ -109,14 +110,14 @@ def evaluate_all(args, data_dir, train_dir, start_time):
     import eval_ssd_network
     from evaluation import ssd_eval
     from tf_compat import tf1
+    from training.config import TrainingRecord
 
     tf1.disable_eager_execution()
     checkpoints = checkpoints_in_order(train_dir)
     if not checkpoints:
         raise SystemExit(f"no checkpoint in {train_dir}")
-    config = ssd_eval.read_training_config(train_dir) or {}
-    flags = config.get("flags", {})
-    images_per_step = int(flags.get("batch_size", 0)) * int(flags.get("num_clones", 1))
+    record = TrainingRecord.read(train_dir) or TrainingRecord()
+    images_per_step = record.config.images_per_clone_step
     opts = eval_ssd_network.default_options(checkpoint_path=train_dir, dataset_dir=data_dir,
                                             dataset_split_name=args.split)
     source = ssd_eval.load_model_source(checkpoints[-1][1])
@@ -145,22 +146,28 @@ def evaluate_all(args, data_dir, train_dir, start_time):
         writer.close()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--voc_dir", default=DEFAULT_VOC_DIR, help="VOC-layout dataset with trainval and test splits.")
-    parser.add_argument("--dataset_name", default="bccd")
-    parser.add_argument("--checkpoint_path", default=DEFAULT_CHECKPOINT, help="ImageNet VGG-16 (TF-Slim vgg_16).")
-    parser.add_argument("--work_dir", required=True, help="Converted data, checkpoints, logs, evaluations.")
-    parser.add_argument("--train_minutes", type=float, default=120.0)
-    parser.add_argument("--eval_every_minutes", type=float, default=10.0)
-    parser.add_argument("--split", default="test", help="Split to evaluate on.")
-    parser.add_argument("--evaluate_only", action="store_true",
-                        help="Evaluate the checkpoints of an earlier run in --work_dir (no conversion, no training).")
-    parser.add_argument("trainer_flags", nargs="*", help="Extra train_ssd_network.py flags, after '--'.")
-    args = parser.parse_args()
-    if args.train_minutes <= 0 or args.eval_every_minutes <= 0:
-        parser.error("--train_minutes and --eval_every_minutes must be > 0")
+TRAINER_FLAGS = command_line.Positional("trainer_flags", "Extra train_ssd_network.py flags, after '--'.")
+
+
+def define_flags(flag_values):
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("voc_dir", DEFAULT_VOC_DIR, "VOC-layout dataset with trainval and test splits.", **fv)
+    flags.DEFINE_string("dataset_name", "bccd", "Name of the converted dataset.", **fv)
+    flags.DEFINE_string("checkpoint_path", DEFAULT_CHECKPOINT, "ImageNet VGG-16 (TF-Slim vgg_16).", **fv)
+    flags.DEFINE_string("work_dir", None, "Converted data, checkpoints, logs, evaluations.", required=True, **fv)
+    flags.DEFINE_float("train_minutes", 120.0, "Training time.", **fv)
+    flags.DEFINE_float("eval_every_minutes", 10.0, "A checkpoint (evaluated afterwards) this often.", **fv)
+    flags.register_multi_flags_validator(
+        ["train_minutes", "eval_every_minutes"], lambda v: v["train_minutes"] > 0 and v["eval_every_minutes"] > 0,
+        message="--train_minutes and --eval_every_minutes must be > 0", **fv)
+    flags.DEFINE_string("split", "test", "Split to evaluate on.", **fv)
+    flags.DEFINE_bool("evaluate_only", False,
+                      "Evaluate the checkpoints of an earlier run in --work_dir (no conversion, no training).", **fv)
+    return flag_values
+
+
+def main(argv=None):
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__, positional=TRAINER_FLAGS)
     logging.set_verbosity(logging.INFO)
 
     os.makedirs(args.work_dir, exist_ok=True)

@@ -15,7 +15,6 @@ Prints one JSON object per measurement (median seconds per image). Run from the 
     python bench/bench_target_encoding.py --boxes 5 --repeats 3 --img_size 96   # smoke test
 """
 
-import argparse
 import json
 import os
 import platform
@@ -27,7 +26,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
 
+import command_line  # noqa: E402
 from nets import box_coding, matching, nets_factory  # noqa: E402
 from tf_compat import tf1  # noqa: E402
 
@@ -154,13 +155,20 @@ def time_per_image(sess, fetches, feed, repeats):
     return float(np.median(times))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--boxes", type=int, nargs="+", default=[10, 50, 200])
-    parser.add_argument("--images", nargs="+", choices=sorted(IMAGES), default=["random", "crowded"])
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--img_size", type=int, default=300, help="SSD300 input size; 300 gives 8732 anchors")
-    args = parser.parse_args()
+def define_flags(flag_values):
+    fv = {"flag_values": flag_values}
+    command_line.define_integer_list("boxes", [10, 50, 200], "Boxes per image, comma-separated.", flag_values)
+    flags.DEFINE_list("images", ["random", "crowded"],
+                      f"Kinds of images, comma-separated: {', '.join(sorted(IMAGES))}.", **fv)
+    flags.register_validator("images", lambda kinds: bool(kinds) and set(kinds) <= set(IMAGES),
+                             message=f"--images must list {' and/or '.join(sorted(IMAGES))}", **fv)
+    flags.DEFINE_integer("repeats", 50, "Timed runs per measurement.", **fv)
+    flags.DEFINE_integer("img_size", 300, "SSD300 input size; 300 gives 8732 anchors", **fv)
+    return flag_values
+
+
+def main(argv=None):
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__)
 
     tf1.disable_eager_execution()
     net = nets_factory.get_network("ssd_300_vgg", img_shape=(args.img_size, args.img_size))

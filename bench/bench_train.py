@@ -4,7 +4,7 @@ Configurations, each measured in its own process (so the CPU split into logical 
 the peak memory belong to that configuration alone), interleaved over ``--repeats`` rounds:
 
 - ``plain``: input pipeline -> SSD net -> multibox loss -> ``optimizer.minimize``, no model_deploy;
-- ``towers_1``: ``train_ssd_network.build_training_graph`` with 1 clone (what the trainer runs);
+- ``towers_1``: ``training.graph.build_training_graph`` with 1 clone (what the trainer runs);
 - ``towers_2``: the same with 2 clones on two logical CPU devices (``--clone_on_cpu``), batch per clone
   halved so the global batch is the same;
 - ``towers_1_encode_in_tower``: 1 clone, anchor matching in the tower instead of the input pipeline;
@@ -20,7 +20,6 @@ ratios of medians against ``plain``. Data: BCCD converted to TFRecords in a temp
     python bench/bench_train.py [--batch_size 4 --steps 10 --warmup 3 --repeats 3 --image_size 300]
 """
 
-import argparse
 import json
 import os
 import pathlib
@@ -35,6 +34,10 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+
+import command_line  # noqa: E402
 
 CONFIGS = ("plain", "towers_1", "towers_2", "towers_1_encode_in_tower", "towers_1_frozen_conv1_conv2",
            "towers_1_frozen_vgg")
@@ -53,17 +56,17 @@ def build_plain_step(opts, spec):
     """One tower without model_deploy: the reference the towers must not be slower than."""
     import tensorflow as tf
 
-    import train_ssd_network
-    from nets import matching
-    from tf_compat import slim, tf1
+    from nets import matching, nets_factory
+    from tf_compat import tf1
+    from training import graph as graph_lib
 
-    net = train_ssd_network.build_network(opts, spec.num_classes)
+    net = graph_lib.build_network(opts, spec.num_classes)
     global_step = tf1.train.get_or_create_global_step()
     with tf1.device("/cpu:0"):
-        dataset = train_ssd_network.build_input_dataset(opts, spec, net, opts.seed)
+        dataset = graph_lib.build_input_dataset(opts, spec, net, opts.seed)
         batch = tf1.data.make_one_shot_iterator(dataset).get_next()
-        with slim.arg_scope(net.arg_scope(weight_decay=opts.weight_decay)):
-            _, localisations, logits, _ = net.net(batch["image"], is_training=True, dropout_keep_prob=1.0)
+        network_fn = nets_factory.network_fn_of(net, weight_decay=opts.weight_decay, is_training=True)
+        _, localisations, logits, _ = network_fn(batch["image"])
         net.losses(logits, localisations, matching.targets_from_dict(batch))
         total_loss = tf1.losses.get_total_loss()
         optimizer = tf1.train.AdamOptimizer(opts.learning_rate)
@@ -79,16 +82,17 @@ def run_one(config, args):
     package_guard.ensure_project_packages()
     import tensorflow as tf
 
-    import train_ssd_network
     from datasets import dataset_factory
-    from deployment import devices, model_deploy
+    from deployment import devices
     from tf_compat import tf1
+    from training import graph as graph_lib, machines
+    from training.config import TrainingConfig
 
     tf1.disable_eager_execution()
     num_clones = 2 if config == "towers_2" else 1
     if num_clones > 1:
         devices.split_cpu_into_logical_devices(num_clones)
-    opts = train_ssd_network.default_options(
+    opts = TrainingConfig(
         image_size=str(args.image_size), batch_size=args.batch_size // num_clones, num_clones=num_clones,
         clone_on_cpu=num_clones > 1, num_readers=2, num_preprocessing_threads=2,
         encode_targets_in="tower" if config == "towers_1_encode_in_tower" else "input",
@@ -99,10 +103,9 @@ def run_one(config, args):
         if config == "plain":
             step = build_plain_step(opts, spec)
         else:
-            deploy_config = model_deploy.DeploymentConfig(num_clones=num_clones, clone_on_cpu=num_clones > 1)
             frozen = [f"ssd_300_vgg/{block}" for block in FROZEN.get(config, ())]
-            step = train_ssd_network.build_training_graph(opts, spec, deploy_config,
-                                                          frozen_scopes=frozen).train.train_tensor
+            step = graph_lib.build_training_graph(opts, spec, machines.deployment_for(opts),
+                                                  frozen_scopes=frozen).train.train_tensor
         with tf1.Session(config=devices.session_config()) as session:
             session.run([tf1.global_variables_initializer(), tf1.local_variables_initializer()])
             for _ in range(args.warmup):
@@ -137,17 +140,21 @@ def prepare_dataset(args, work_dir):
     return sample_data.ensure_sample_dataset(cache_dir=os.path.join(work_dir, "sample"))
 
 
+def define_flags(flag_values):
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_integer("batch_size", 4, "global batch (split across clones)", **fv)
+    flags.DEFINE_integer("image_size", 300, "Network input size.", **fv)
+    flags.DEFINE_integer("steps", 10, "Timed steps per run.", **fv)
+    flags.DEFINE_integer("warmup", 3, "Steps before the timing starts.", **fv)
+    flags.DEFINE_integer("repeats", 3, "Rounds over the configurations.", **fv)
+    flags.DEFINE_string("configs", ",".join(CONFIGS), "comma-separated configurations to measure", **fv)
+    flags.DEFINE_string("dataset_dir", None, "a converted dataset (default: BCCD, else the sample dataset)", **fv)
+    flags.DEFINE_string("one", None, "(internal) child process: measure this configuration", **fv)
+    return flag_values
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch_size", type=int, default=4, help="global batch (split across clones)")
-    parser.add_argument("--image_size", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--configs", default=",".join(CONFIGS))
-    parser.add_argument("--dataset_dir", default=None)
-    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: measure this config
-    args = parser.parse_args(argv)
+    args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__)
 
     if args.one:
         print(json.dumps(run_one(args.one, args)), flush=True)
