@@ -20,10 +20,10 @@ import detect
 import eval_ssd_network
 import export_ssd_network
 import tf_convert_data
-import train_ssd_network
 from datasets import dataset_factory, sample_data, shard_check
 from deployment import checkpoint_integrity
 from tf_compat import tf1
+from training.config import TrainingConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,20 +44,19 @@ def test_rules_describe_and_allow_literal_values():
 
 
 def test_every_bad_training_flag_is_named_at_once():
-    opts = train_ssd_network.default_options(batch_size=0, learning_rate=-1.0, image_size="abc",
-                                             new_layers_only_epochs=-1.0, zoom_out_max_ratio=0.5,
-                                             match_threshold=0.5, negative_threshold=0.7)
+    opts = TrainingConfig(batch_size=0, learning_rate=-1.0, image_size="abc", new_layers_only_epochs=-1.0,
+                          zoom_out_max_ratio=0.5, match_threshold=0.5, negative_threshold=0.7)
     with pytest.raises(command_line.UsageError) as caught:
-        train_ssd_network.validate_options(opts)
+        opts.check()
     message = str(caught.value)
     for expected in ("--batch_size must be an integer >= 1, got 0", "--learning_rate must be a number > 0, got -1.0",
                      "--image_size must be 'S' or 'H,W'", "got 'abc'", "--new_layers_only_epochs must be a number >= 0",
                      "--zoom_out_max_ratio must be a number >= 1, got 0.5",
                      "--negative_threshold (0.7) must not exceed --match_threshold (0.5)"):
         assert expected in message, message
-    train_ssd_network.validate_options(train_ssd_network.default_options())  # the defaults are valid
+    TrainingConfig().check()  # the defaults are valid
     # 0 means something for these: summaries after every step, only the final checkpoint.
-    train_ssd_network.validate_options(train_ssd_network.default_options(save_summaries_secs=0, save_interval_secs=0))
+    TrainingConfig(save_summaries_secs=0, save_interval_secs=0).check()
 
 
 def _run(script, *args, cwd=None, env_dir=None):
