@@ -130,10 +130,21 @@ def parse_flags(flag_values, argv=None, program_doc=None, *, program=None, posit
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
     logging.use_absl_handler()
+    _log_tensorflow_through_absl()
     values = {name: flag_values[name].value for name in _flag_names(flag_values)}
     if positional is not None:
         values[positional.name] = rest
     return types.SimpleNamespace(**values)
+
+
+def _log_tensorflow_through_absl():
+    """TensorFlow's Python logger gets a handler of its own when it is first used before absl's handler
+    is on the root logger (an import did); with both, each of its lines ('Restoring parameters from
+    ...') would print twice. Its records go to the root's absl handler only."""
+    tensorflow_logger = std_logging.getLogger("tensorflow")
+    if any(isinstance(handler, logging.ABSLHandler) for handler in std_logging.getLogger().handlers):
+        for handler in list(tensorflow_logger.handlers):
+            tensorflow_logger.removeHandler(handler)
 
 
 def flag_defaults(flag_values, overrides=None, what="options"):

@@ -300,9 +300,14 @@ def evaluate(opts, out=None):
     eval_dir = default_eval_dir(opts, source)
     tf.io.gfile.makedirs(eval_dir)
     records = []
+    # A restarted follower goes on where it stopped: what metrics.jsonl has is not evaluated again.
+    done = evaluated_checkpoints(eval_dir) if opts.wait_for_checkpoints else set()
     writer = tf1.summary.FileWriter(eval_dir)
     try:
         for prefix in _chain(pending, prefixes):
+            if prefix in done:
+                logging.info("Skipping %s: already in %s", prefix, os.path.join(eval_dir, METRICS_FILE))
+                continue
             try:
                 records.append(evaluate_checkpoint(evaluation, prefix, eval_dir, writer, opts, source.train_dir, out))
             except tf.errors.NotFoundError as err:
@@ -319,6 +324,14 @@ def evaluate(opts, out=None):
         writer.close()
     logging.info("Evaluation results in %s (%s)", eval_dir, METRICS_FILE)
     return records
+
+
+def evaluated_checkpoints(eval_dir):
+    """The checkpoint prefixes ``<eval_dir>/metrics.jsonl`` has a record of."""
+    path = os.path.join(eval_dir, METRICS_FILE)
+    if not tf.io.gfile.exists(path):
+        return set()
+    return {record.get("checkpoint_path") for record in summaries.read_metrics_jsonl(path)}
 
 
 def _chain(first, rest):

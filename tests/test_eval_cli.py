@@ -104,6 +104,16 @@ def test_following_a_directory_evaluates_each_checkpoint_once_then_times_out(sam
     assert "AP VOC07" in printed
     assert "VOC APs: VOC devkit convention (pixel-inclusive boxes: xmax - xmin + 1 wide)" in printed
 
+    # Restarted, the follower skips what metrics.jsonl already has and evaluates only the new checkpoint.
+    save_fresh_checkpoint(str(train_dir), global_step=9)
+    again = eval_ssd_network.evaluate(eval_ssd_network.default_options(
+        checkpoint_path=str(train_dir), dataset_dir=sample_dataset_dir, image_size=str(IMAGE_SIZE),
+        wait_for_checkpoints=True, timeout=1.0, eval_interval_secs=0.0, max_num_images=4, batch_size=4,
+        no_coco=True))
+    assert [r["global_step"] for r in again] == [9]
+    jsonl = summaries.read_metrics_jsonl(str(train_dir / "eval_test" / "metrics.jsonl"))
+    assert [r["global_step"] for r in jsonl] == [7, 9]
+
 
 @pytest.mark.slow
 def test_bccd_test_split_is_evaluated_over_its_72_images(bccd_dir, tmp_path, capsys):

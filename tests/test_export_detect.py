@@ -29,8 +29,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 96
 
 
-def save_fresh_checkpoint(directory, num_classes=4, image_size=IMAGE_SIZE, ema_offset=None, seed=1):
-    """A freshly initialised ssd_300_vgg checkpoint at ``directory``/model.ckpt-7; with ``ema_offset`` each
+def save_fresh_checkpoint(directory, num_classes=4, image_size=IMAGE_SIZE, ema_offset=None, seed=1, global_step=7):
+    """A freshly initialised ssd_300_vgg checkpoint at ``directory``/model.ckpt-<global_step>; with ``ema_offset`` each
     variable also gets an ``ExponentialMovingAverage`` copy equal to its value + ema_offset."""
     net = nets_factory.get_network("ssd_300_vgg", num_classes=num_classes, img_shape=(image_size, image_size))
     with tf.Graph().as_default():
@@ -38,7 +38,7 @@ def save_fresh_checkpoint(directory, num_classes=4, image_size=IMAGE_SIZE, ema_o
         images = tf.zeros([1, image_size, image_size, 3])
         with slim.arg_scope(net.arg_scope()):
             net.net(images, is_training=False)
-        global_step = tf1.train.get_or_create_global_step()
+        global_step_variable = tf1.train.get_or_create_global_step()
         variables = slim.get_model_variables()
         shadows = {}
         if ema_offset is not None:
@@ -47,14 +47,14 @@ def save_fresh_checkpoint(directory, num_classes=4, image_size=IMAGE_SIZE, ema_o
                 shadows[ema.average_name(var)] = tf1.Variable(tf.zeros(var.shape), name="shadow")
         copy_with_offset = [tf1.assign(shadows[ema.average_name(v)], v + ema_offset) for v in variables] \
             if shadows else []
-        saver = tf1.train.Saver({**{v.op.name: v for v in variables}, "global_step": global_step, **shadows})
+        saver = tf1.train.Saver({**{v.op.name: v for v in variables}, "global_step": global_step_variable, **shadows})
         with tf1.Session() as session:
             session.run(tf1.global_variables_initializer())
-            session.run(tf1.assign(global_step, 7))
+            session.run(tf1.assign(global_step_variable, global_step))
             session.run(copy_with_offset)
             values = {v.op.name: session.run(v) for v in variables}
             os.makedirs(directory, exist_ok=True)
-            prefix = saver.save(session, os.path.join(directory, "model.ckpt"), global_step=7)
+            prefix = saver.save(session, os.path.join(directory, "model.ckpt"), global_step=global_step)
     return prefix, values
 
 
