@@ -46,11 +46,10 @@ def machine():
 
 
 def save_initialized_checkpoint(model_name, num_classes, image_size, directory):
-    net = nets_factory.get_network(model_name, num_classes=num_classes, img_shape=(image_size, image_size))
+    network_fn = nets_factory.get_network_fn(model_name, num_classes, img_shape=(image_size, image_size))
     with tf.Graph().as_default():
         tf1.set_random_seed(0)
-        with slim.arg_scope(net.arg_scope()):
-            net.net(tf.zeros([1, image_size, image_size, 3]), is_training=False)
+        network_fn(tf.zeros([1, image_size, image_size, 3]))
         saver = tf1.train.Saver(slim.get_model_variables())
         with tf1.Session() as session:
             session.run(tf1.global_variables_initializer())

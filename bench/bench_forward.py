@@ -21,7 +21,7 @@ from absl import flags  # noqa: E402
 
 import command_line  # noqa: E402
 from nets import nets_factory  # noqa: E402
-from tf_compat import slim, tf1  # noqa: E402
+from tf_compat import tf1  # noqa: E402
 
 
 def define_flags(flag_values):
@@ -36,14 +36,13 @@ def define_flags(flag_values):
 def main(argv=None):
     args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__)
     tf1.disable_eager_execution()
-    net = nets_factory.get_network(args.network, img_shape=(args.img_size, args.img_size))
+    network_fn = nets_factory.get_network_fn(args.network, 21, img_shape=(args.img_size, args.img_size))
     cpu = platform.processor() or platform.machine()
     machine = f"{platform.node()} {cpu} cpus={os.cpu_count()} tf={tf.__version__}"
     with tf.Graph().as_default():
         tf1.set_random_seed(0)
         images = tf1.placeholder(tf.float32, [None, args.img_size, args.img_size, 3])
-        with slim.arg_scope(net.arg_scope(data_format="NHWC")):
-            predictions, localisations, _, _ = net.net(images, is_training=False)
+        predictions, localisations, _, _ = network_fn(images)
         fetches = predictions + localisations
         config = tf1.ConfigProto(device_count={"GPU": 0})
         with tf1.Session(config=config) as sess:
