@@ -287,7 +287,8 @@ in the log ("the VGG-16 base starts training")."""
 
 
 def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_steps=None, summary_op=None,
-                       summary_writer=None, save_summaries_secs=60, max_train_seconds=None, first_phase=None):
+                       summary_writer=None, save_summaries_secs=60, max_train_seconds=None, first_phase=None,
+                       after_step_hooks=()):
     """A ``train_step_fn`` for ``slim.learning.train`` with the NaN guard's stop and richer logs.
 
     Runs ``train_op`` (with ``tensors_to_log``, a {name: scalar} dict such as loss terms
@@ -309,6 +310,11 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
 
     With ``first_phase`` (a :class:`FirstPhase`), steps that start below its ``end_step`` run its
     train tensor and summary op instead of ``train_op`` and ``summary_op``; the switch is logged.
+
+    ``after_step_hooks``: callables ``hook(session, global_step_value)`` run after each step (in
+    order; e.g. validation), each returning None or the reason to stop training now (then
+    ``slim.learning.train`` saves a final checkpoint). The reason the run stopped, if any of these
+    rules stopped it, is the step function's ``stop_reason`` attribute (None otherwise).
     """
     names = list((tensors_to_log or {}).keys())
     tensors = [tensors_to_log[name] for name in names]
@@ -373,10 +379,16 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
             parts.append(f"{elapsed:.3f} sec/step")
             logging.info(", ".join(parts))
         should_stop = bool(session.run(train_step_kwargs["should_stop"])) if "should_stop" in train_step_kwargs else False
-        if max_train_seconds is not None and not should_stop and time.time() - run_start[0] >= max_train_seconds:
-            logging.info("Stopping after global step %d: the time limit of %.1f minutes is reached", np_global_step,
-                         max_train_seconds / 60.0)
+        reason = None
+        for hook in after_step_hooks:
+            reason = hook(session, np_global_step) or reason
+        if reason is None and max_train_seconds is not None and time.time() - run_start[0] >= max_train_seconds:
+            reason = f"the time limit of {max_train_seconds / 60.0:.1f} minutes is reached"
+        if reason is not None and not should_stop:
+            logging.info("Stopping after global step %d: %s", np_global_step, reason)
+            train_step_fn.stop_reason = reason
             should_stop = True
         return total_loss, should_stop
 
+    train_step_fn.stop_reason = None
     return train_step_fn

@@ -78,7 +78,9 @@ def train(config):
         saver = tf1.train.Saver(max_to_keep=config.max_to_keep,
                                 keep_checkpoint_every_n_hours=config.keep_checkpoint_every_n_hours,
                                 write_version=tf1.train.SaverDef.V2)
-        train_step_fn, summary_writer = make_train_step_fn(config, parts, training_plan, machine.is_chief)
+        after_step_hooks = []  # rules run after each step that may end the run (validation, early stopping)
+        train_step_fn, summary_writer = make_train_step_fn(config, parts, training_plan, machine.is_chief,
+                                                           after_step_hooks)
         train_step_fn = machine.wrap_train_step(train_step_fn)
         machine.prepare_graph()
         machine.wait_for_chief()
@@ -96,7 +98,7 @@ def train(config):
         return final_loss
 
 
-def make_train_step_fn(config, parts, training_plan, is_chief):
+def make_train_step_fn(config, parts, training_plan, is_chief, after_step_hooks=()):
     """The step function: logging, the chief's summaries (run inside its train step, not in a thread of their
     own), the run's time limit and, with two phases, the switch to the second phase's train tensor.
     Returns (step function, the chief's summary writer or None on other workers)."""
@@ -117,7 +119,7 @@ def make_train_step_fn(config, parts, training_plan, is_chief):
         summary_op=_merge_summaries(parts.train.summaries) if is_chief else None, summary_writer=summary_writer,
         save_summaries_secs=config.save_summaries_secs,
         max_train_seconds=None if config.max_train_minutes is None else 60.0 * config.max_train_minutes,
-        first_phase=first_phase,
+        first_phase=first_phase, after_step_hooks=after_step_hooks,
     )
     return train_step_fn, summary_writer
 
