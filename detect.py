@@ -26,11 +26,11 @@ package_guard.ensure_project_packages()
 import command_line  # noqa: E402
 
 from absl import flags, logging  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from evaluation import detectors, progress as progress_lib, ssd_eval  # noqa: E402
 from preprocessing import ssd_vgg_preprocessing  # noqa: E402
-from preprocessing.visualization import BOX_COLOURS  # noqa: E402
+from preprocessing import visualization  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 JSON_FILE = "detections.json"
@@ -133,28 +133,19 @@ def image_detections(values, index, min_score):
     return out
 
 
-def _font(height):
-    try:
-        return ImageFont.load_default(size=max(10, height // 40))
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
 def draw_detections(image, detections):
-    """A copy of the PIL image (RGB) with each detection's box and 'name score' drawn."""
+    """A copy of the PIL image (RGB) with each detection's box and 'name score' drawn (the evaluator's
+    pictures draw with the same function and colours)."""
     image = image.convert("RGB")
     draw = ImageDraw.Draw(image)
-    font = _font(image.height)
-    width = max(1, round(min(image.size) / 200))
+    font = visualization.label_font(image.height)
+    line_width = max(1, round(min(image.size) / 200))
     for detection in detections:
-        colour = BOX_COLOURS[detection["class_id"] % len(BOX_COLOURS)]
         box = detection["box"]
-        draw.rectangle([box["xmin"], box["ymin"], box["xmax"], box["ymax"]], outline=colour, width=width)
-        text = f"{detection['class_name']} {detection['score']:.2f}"
-        left, top, right, bottom = draw.textbbox((box["xmin"], box["ymin"]), text, font=font)
-        shift = min(bottom - top, box["ymin"])  # label above the box when there is room
-        draw.rectangle([left, top - shift, right, bottom - shift], fill=colour)
-        draw.text((box["xmin"], box["ymin"] - shift), text, fill=(0, 0, 0), font=font)
+        visualization.draw_labelled_box(
+            draw, image.size, (box["xmin"], box["ymin"], box["xmax"], box["ymax"]),
+            visualization.class_colour(detection["class_id"]),
+            f"{detection['class_name']} {detection['score']:.2f}", font, line_width=line_width)
     return image
 
 
