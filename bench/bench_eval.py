@@ -34,7 +34,7 @@ import command_line  # noqa: E402
 import eval_ssd_network  # noqa: E402
 import export_ssd_network  # noqa: E402
 from datasets import dataset_factory, sample_data  # noqa: E402
-from evaluation import detectors, ssd_eval  # noqa: E402
+from evaluation import detectors, evaluator, ssd_eval  # noqa: E402
 from nets import nets_factory  # noqa: E402
 from tf_compat import slim, tf1  # noqa: E402
 
@@ -94,7 +94,7 @@ def main(argv=None):
     prefix = save_initialized_checkpoint(args.model_name, spec.num_classes, args.image_size, work_dir)
     source = ssd_eval.load_model_source(prefix)
 
-    evaluation = eval_ssd_network.Evaluation(opts, source)
+    evaluation = evaluator.Evaluation(opts, source)
     evaluation.run(prefix)  # warm-up pass: graph optimisation, caches
     start = time.perf_counter()
     result, _, _ = evaluation.run(prefix)

@@ -108,7 +108,7 @@ def evaluate_all(args, data_dir, train_dir, start_time):
     import tensorflow as tf
 
     import eval_ssd_network
-    from evaluation import ssd_eval
+    from evaluation import evaluator, ssd_eval
     from tf_compat import tf1
     from training.config import TrainingRecord
 
@@ -121,14 +121,14 @@ def evaluate_all(args, data_dir, train_dir, start_time):
     opts = eval_ssd_network.default_options(checkpoint_path=train_dir, dataset_dir=data_dir,
                                             dataset_split_name=args.split)
     source = ssd_eval.load_model_source(checkpoints[-1][1])
-    evaluation = eval_ssd_network.Evaluation(opts, source)
-    eval_dir = eval_ssd_network.default_eval_dir(opts, source)
+    evaluation = evaluator.Evaluation(opts, source)
+    eval_dir = evaluator.default_eval_dir(opts, source)
     tf.io.gfile.makedirs(eval_dir)
-    done = earlier_records(os.path.join(eval_dir, eval_ssd_network.METRICS_FILE))
+    done = earlier_records(os.path.join(eval_dir, evaluator.METRICS_FILE))
     writer = tf1.summary.FileWriter(eval_dir)
     try:
         for step, prefix, saved_at in checkpoints:
-            record = done.get(prefix) or eval_ssd_network.evaluate_checkpoint(
+            record = done.get(prefix) or evaluator.evaluate_checkpoint(
                 evaluation, prefix, eval_dir, writer, opts, train_dir, out=sys.stderr)
             yield {
                 "what": "quality",

@@ -219,6 +219,11 @@ def detections_in_pixels(net, images, info, post=PostProcessing(), data_format="
     scores [B, K], classes [B, K] int64 (0 in padding), num_detections [B] int32.
     """
     predictions, localisations, _, _ = nets_factory.network_fn_of(net, data_format=data_format)(images)
+    return detections_of_outputs(net, predictions, localisations, info, post)
+
+
+def detections_of_outputs(net, predictions, localisations, info, post=PostProcessing()):
+    """:func:`detections_in_pixels` from the network's outputs (for a caller that also needs its logits)."""
     detections = net.detected_bboxes(
         predictions, localisations, select_threshold=post.select_threshold, nms_threshold=post.nms_threshold,
         top_k=post.top_k, keep_top_k=post.keep_top_k, clip=True)

@@ -30,6 +30,9 @@ import tensorflow as tf  # noqa: F401  (tf1 below is tf.compat.v1)
 from tf_compat import tf1
 
 PR_CURVE_PLUGIN_NAME = "pr_curves"
+# The metrics.jsonl fields a best checkpoint may be chosen by (higher is better): the evaluator's --best_metric
+# and the trainer's.
+BEST_METRICS = ("voc07_map", "voc_area_map", "coco_ap", "coco_ap50")
 DEFAULT_PR_THRESHOLDS = 101
 
 _COCO_SCALARS = (

@@ -79,8 +79,10 @@ def multibox_loss(
     label_smoothing=0.0,
     normaliser=None,
     scope=None,
+    loss_collection=tf1.GraphKeys.LOSSES,
 ):
-    """The three loss terms (a :class:`MultiboxLosses`), also added to the LOSSES collection.
+    """The three loss terms (a :class:`MultiboxLosses`), also added to ``loss_collection`` (None: to no
+    collection, for a loss that is measured, not trained, such as a validation's).
 
     ``logits`` [B, A, C] or per-layer [B, H, W, K, C]; ``localisations`` [B, A, 4] or per-layer
     [B, H, W, K, 4]; ``targets`` a :class:`nets.matching.Targets` of [B, A] (``boxes`` [B, A, 4])
@@ -119,12 +121,12 @@ def multibox_loss(
         neg_weights = tf.cast(negatives, dtype)
         with tf.name_scope("cross_entropy_pos"):
             loss_pos = tf.math.divide(tf.reduce_sum(cross_entropy * pos_weights), normaliser, name="value")
-            tf1.losses.add_loss(loss_pos)
+            tf1.losses.add_loss(loss_pos, loss_collection=loss_collection)
         with tf.name_scope("cross_entropy_neg"):
             loss_neg = tf.math.divide(tf.reduce_sum(cross_entropy * neg_weights), normaliser, name="value")
-            tf1.losses.add_loss(loss_neg)
+            tf1.losses.add_loss(loss_neg, loss_collection=loss_collection)
         with tf.name_scope("localization"):
             per_anchor = tf.reduce_sum(smooth_l1(localisations - box_targets), axis=-1)
             loss_loc = tf.math.divide(alpha * tf.reduce_sum(per_anchor * pos_weights), normaliser, name="value")
-            tf1.losses.add_loss(loss_loc)
+            tf1.losses.add_loss(loss_loc, loss_collection=loss_collection)
         return MultiboxLosses(loss_pos, loss_neg, loss_loc)

@@ -1,4 +1,4 @@
-"""eval_ssd_network.py: batch accounting, progress lines, --keep_best, class checks, following a directory, BCCD."""
+"""eval_ssd_network.py and evaluation.evaluator: batch accounting, progress lines, --keep_best, class checks, following a directory, BCCD."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 
 import eval_ssd_network
 from datasets import converter
-from evaluation import detection_metrics, progress as progress_lib, summaries
+from evaluation import detection_metrics, evaluator as evaluator_lib, progress as progress_lib, summaries
 from tests.test_export_detect import IMAGE_SIZE, save_fresh_checkpoint
 
 
@@ -32,7 +32,7 @@ def test_add_batch_scales_ground_truth_and_cuts_padding():
         },
     }
     evaluator = detection_metrics.DetectionEvaluator(2, {1: "x", 2: "y"})
-    assert eval_ssd_network.add_batch(evaluator, values, set(), 0) == 2
+    assert evaluator_lib.add_batch(evaluator, values, set(), 0) == 2
     reference = detection_metrics.DetectionEvaluator(2, {1: "x", 2: "y"})
     reference.add_image("a", [[10, 40, 50, 120], [0, 0, 100, 200]], [1, 2], [0, 1], [[10, 40, 50, 120]], [0.9], [1])
     reference.add_image("b", [[25, 20, 50, 40]], [1], [0], [[25, 20, 50, 40], [0, 0, 10, 10]], [0.8, 0.7], [1, 2])
@@ -68,11 +68,11 @@ def test_keep_best_copies_only_better_checkpoints(tmp_path):
             (train_dir / f"model.ckpt-{step}{suffix}").write_text(f"step {step}")
     eval_dir = str(tmp_path / "eval")
     best = tmp_path / "eval" / "best"
-    assert eval_ssd_network.keep_if_best(eval_dir, str(train_dir / "model.ckpt-1"), {"voc07_map": 0.2}, "voc07_map")
-    assert not eval_ssd_network.keep_if_best(eval_dir, str(train_dir / "model.ckpt-2"), {"voc07_map": 0.1},
+    assert evaluator_lib.keep_if_best(eval_dir, str(train_dir / "model.ckpt-1"), {"voc07_map": 0.2}, "voc07_map")
+    assert not evaluator_lib.keep_if_best(eval_dir, str(train_dir / "model.ckpt-2"), {"voc07_map": 0.1},
                                              "voc07_map")
     assert (best / "model.ckpt-1.index").read_text() == "step 1"
-    assert eval_ssd_network.keep_if_best(eval_dir, str(train_dir / "model.ckpt-3"), {"voc07_map": 0.3}, "voc07_map")
+    assert evaluator_lib.keep_if_best(eval_dir, str(train_dir / "model.ckpt-3"), {"voc07_map": 0.3}, "voc07_map")
     assert sorted(os.listdir(best)) == ["best.json", "checkpoint", "model.ckpt-3.data-00000-of-00001",
                                         "model.ckpt-3.index"]
     assert json.load(open(best / "best.json"))["voc07_map"] == 0.3
@@ -91,7 +91,7 @@ def test_class_count_mismatch_is_a_clear_error(sample_dataset_dir, tmp_path, cap
 def test_following_a_directory_evaluates_each_checkpoint_once_then_times_out(sample_dataset_dir, tmp_path, capsys):
     train_dir = tmp_path / "train"
     save_fresh_checkpoint(str(train_dir))
-    records = eval_ssd_network.evaluate(eval_ssd_network.default_options(
+    records = evaluator_lib.evaluate(eval_ssd_network.default_options(
         checkpoint_path=str(train_dir), dataset_dir=sample_dataset_dir, image_size=str(IMAGE_SIZE),
         wait_for_checkpoints=True, timeout=1.0, eval_interval_secs=0.0, max_num_images=4, batch_size=4,
         no_coco=True))
@@ -106,7 +106,7 @@ def test_following_a_directory_evaluates_each_checkpoint_once_then_times_out(sam
 
     # Restarted, the follower skips what metrics.jsonl already has and evaluates only the new checkpoint.
     save_fresh_checkpoint(str(train_dir), global_step=9)
-    again = eval_ssd_network.evaluate(eval_ssd_network.default_options(
+    again = evaluator_lib.evaluate(eval_ssd_network.default_options(
         checkpoint_path=str(train_dir), dataset_dir=sample_dataset_dir, image_size=str(IMAGE_SIZE),
         wait_for_checkpoints=True, timeout=1.0, eval_interval_secs=0.0, max_num_images=4, batch_size=4,
         no_coco=True))
@@ -120,7 +120,7 @@ def test_bccd_test_split_is_evaluated_over_its_72_images(bccd_dir, tmp_path, cap
     dataset_dir = str(tmp_path / "bccd")
     converter.convert([str(bccd_dir)], dataset_dir, "bccd", converter.ConversionOptions(num_workers=2), quiet=True)
     prefix, _ = save_fresh_checkpoint(str(tmp_path / "ckpt"), num_classes=4)
-    records = eval_ssd_network.evaluate(eval_ssd_network.default_options(
+    records = evaluator_lib.evaluate(eval_ssd_network.default_options(
         checkpoint_path=prefix, dataset_dir=dataset_dir, image_size=str(IMAGE_SIZE), batch_size=12,
         eval_dir=str(tmp_path / "eval")))
     printed = capsys.readouterr().out

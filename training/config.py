@@ -23,6 +23,7 @@ import tensorflow as tf
 import command_line
 from command_line import Rule, non_negative, non_negative_int, positive, positive_int, unit_interval
 from deployment import checkpoint_init, cluster, devices, learning_rate as lr_lib, optimizers
+from evaluation import summaries as evaluation_summaries
 from nets import nets_factory
 
 CONFIG_FILE = "training_config.json"
@@ -174,6 +175,29 @@ class TrainingConfig:
     summarize_activations: bool = _option(True, "Histograms and sparsity of the feature layers.")
     summarize_variables: bool = _option(True, "Histograms of the model variables.")
 
+    # Validation during training (training/validation.py): the evaluator's metrics on a held-out split, by the chief.
+    validation_split: str | None = _option(
+        None, "Split validated during training (the evaluator's metrics on the current weights, the EMA with "
+        "--moving_average_decay), into <train_dir>/eval_<split>/. Default: 'test' when the dataset has such a "
+        "split, else none; '' switches validation off.")
+    validate_every_n_steps: int | None = _option(
+        None, "Validate every this many global steps (and at the last step). Default: every epoch "
+        "(--validate_every_n_epochs).", positive_int(optional=True))
+    validate_every_n_epochs: float | None = _option(
+        None, "Validate every this many epochs of the training split at the global batch (default 1; not with "
+        "--validate_every_n_steps).", positive(optional=True))
+    best_metric: str = _option(
+        "voc07_map", "The validation metric (higher is better) whose best weights are kept in <train_dir>/best/ "
+        "(with best.json) and that early stopping watches.", choices=evaluation_summaries.BEST_METRICS)
+    early_stopping_patience: int | None = _option(
+        None, "Stop after this many validations without an improvement of --best_metric by more than "
+        "--early_stopping_min_delta (0 or none: never).", non_negative_int(optional=True))
+    early_stopping_min_delta: float = _option(
+        0.0, "The smallest gain of --best_metric that counts as an improvement for early stopping.", non_negative())
+    restore_best_at_end: bool = _option(
+        False, "When the run ends (early stopping or the last step), the final checkpoint in --train_dir holds "
+        "the best validated weights (and their moving averages) instead of the last ones.")
+
     # Distributed: TensorFlow's own runtime, ps tasks + workers (deployment/cluster.py). Empty host lists: one machine.
     ps_hosts: str = _option("", "Comma-separated host:port of the parameter-server tasks.")
     worker_hosts: str = _option("", "Comma-separated host:port of the workers; worker 0 is the chief.")
@@ -238,6 +262,8 @@ class TrainingConfig:
                 and self.negative_threshold > self.match_threshold):
             problems.append(f"--negative_threshold ({self.negative_threshold}) must not exceed --match_threshold "
                             f"({self.match_threshold})")
+        if self.validate_every_n_steps is not None and self.validate_every_n_epochs is not None:
+            problems.append("give --validate_every_n_steps or --validate_every_n_epochs, not both")
         command_line.check_options(self, OPTION_RULES, problems)
         return self
 

@@ -10,7 +10,8 @@
 3. :func:`training.graph.build_training_graph`: input pipeline, towers, train op.
 4. ``training_config.json`` (:class:`training.config.TrainingRecord`), the init_fn (resume >
    ``--checkpoint_path`` > scratch, :mod:`deployment.checkpoint_init`), the saver and the step
-   function (logging, summaries, the NaN guard, the phase switch: :mod:`deployment.train_op`).
+   function (logging, summaries, the NaN guard, the phase switch: :mod:`deployment.train_op`) with
+   the chief's validation (best checkpoint, early stopping: :mod:`training.validation`) after each step.
 5. ``slim.learning.train``.
 """
 
@@ -21,6 +22,7 @@ from deployment import checkpoint_init, checkpoint_integrity, devices, train_op 
 from nets import anchor_coverage
 from tf_compat import slim, tf1
 from training import graph as graph_lib, machines as machines_lib, plan as plan_lib
+from training import validation as validation_lib
 from training.config import DatasetRecord, TrainingRecord
 
 # Images of the training split the start-up's anchor coverage line reads (a few seconds).
@@ -79,6 +81,12 @@ def train(config):
                                 keep_checkpoint_every_n_hours=config.keep_checkpoint_every_n_hours,
                                 write_version=tf1.train.SaverDef.V2)
         after_step_hooks = []  # rules run after each step that may end the run (validation, early stopping)
+        if machine.is_chief:
+            # Only the chief validates (once, not per tower): the best weights and the stop are the run's.
+            validation = validation_lib.validation_hook_for(config, parts.net, spec, deploy_config, images_per_step,
+                                                            parts.train.moving_average, config.max_number_of_steps)
+            if validation is not None:
+                after_step_hooks.append(validation)
         train_step_fn, summary_writer = make_train_step_fn(config, parts, training_plan, machine.is_chief,
                                                            after_step_hooks)
         train_step_fn = machine.wrap_train_step(train_step_fn)
