@@ -159,7 +159,8 @@ def build_training_graph(config, model_scope):
     plan = plan_lib.resolve_training_plan(config, model_scope, spec.num_samples, config.images_per_clone_step)
     deploy_config = model_deploy.DeploymentConfig(num_clones=config.num_clones, clone_on_cpu=config.clone_on_cpu)
     graph = graph_lib.build_training_graph(config, spec, deploy_config, frozen_scopes=plan.frozen_scopes,
-                                           new_layers_only_steps=plan.new_layers_only_steps)
+                                           new_layers_only_steps=plan.new_layers_only_steps,
+                                           first_phase_scopes=plan.first_phase_scopes)
     return graph.net, plan
 
 
@@ -172,6 +173,7 @@ def inspect(opts, num_classes=None):
       FileNotFoundError: ``checkpoint_path`` names no checkpoint (as in the trainer).
       dataset_factory.DatasetError: no usable dataset (whole-graph mode).
     """
+    opts = plan_lib.resolve_batch_size(opts)  # as the trainer does: the same graph, the same plan
     model_scope = nets_factory.get_network(opts.model_name).name
     with tf.Graph().as_default():
         if num_classes:

@@ -3,8 +3,8 @@
 One global step trains on ``batch_size x num_clones x num_replicas`` images, where
 ``num_replicas`` is the number of replicas whose batches one step aggregates
 (``replicas_to_aggregate`` under ``SyncReplicasOptimizer``; 1 for asynchronous replicas,
-each of which advances the global step on its own). :func:`steps_per_epoch` turns
-``num_epochs_per_decay`` into steps with that count.
+each of which advances the global step on its own). :func:`epochs_to_steps` turns every
+option given in epochs into global steps with that count.
 
 Schedules (``lr0`` = ``learning_rate``, ``s`` = global step, ``d`` = decay steps):
 
@@ -39,10 +39,18 @@ def steps_per_epoch(num_samples_per_epoch, batch_size, num_clones=1, num_replica
     return num_samples_per_epoch / images_per_step
 
 
+def epochs_to_steps(epochs, num_samples_per_epoch, batch_size, num_clones=1, num_replicas=1):
+    """``epochs`` of a split of ``num_samples_per_epoch`` images in global steps, rounded to the nearest
+    step: the one conversion behind every option given in epochs (--num_epochs, --warmup_epochs,
+    --learning_rate_boundaries_epochs, --unfreeze_at_epoch, --new_layers_only_epochs, decay periods)."""
+    if epochs is None:
+        return None
+    return int(round(epochs * steps_per_epoch(num_samples_per_epoch, batch_size, num_clones, num_replicas)))
+
+
 def decay_steps_from_epochs(num_samples_per_epoch, num_epochs_per_decay, batch_size, num_clones=1, num_replicas=1):
     """``num_epochs_per_decay`` epochs in global steps (at least 1)."""
-    steps = steps_per_epoch(num_samples_per_epoch, batch_size, num_clones, num_replicas) * num_epochs_per_decay
-    return max(1, int(steps))
+    return max(1, epochs_to_steps(num_epochs_per_decay, num_samples_per_epoch, batch_size, num_clones, num_replicas))
 
 
 def configure_learning_rate(

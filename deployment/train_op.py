@@ -211,6 +211,10 @@ def _build_phase(variables_to_train, config, clones, optimizer, global_step, reg
     )
     if not grads_and_vars:
         raise ValueError("no variable to train receives a gradient from the clone losses")
+    # The same tag in both phases (no name scope added), so TensorBoard shows the switch as a step in one curve.
+    tf1.add_to_collection(tf1.GraphKeys.SUMMARIES, tf.raw_ops.ScalarSummary(
+        tags="trainable_variables", values=tf.constant(float(len(grads_and_vars))),
+        name="trainable_variables_summary"))
     with tf1.device(optimizer_device):
         grads_and_vars, gradient_norm = clip_gradients_by_global_norm(grads_and_vars, clip_gradient_norm)
         tf1.summary.scalar("gradient_global_norm", gradient_norm)
@@ -286,9 +290,40 @@ train tensor (``TrainOp.first_phase.train_tensor``) and its summary op; ``descri
 in the log ("the VGG-16 base starts training")."""
 
 
+# Steps whose durations the ETA averages: recent enough to follow a phase switch or a busier machine.
+ETA_WINDOW_STEPS = 20
+
+
+def format_duration(seconds):
+    """``45s``, ``31m``, ``2h05m``: an ETA at the precision a log line needs."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{int(round(seconds / 60.0))}m"
+    hours, minutes = divmod(int(round(seconds / 60.0)), 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def progress_text(global_step, steps_per_epoch=None, last_step=None, seconds_per_step=None):
+    """The log line's progress: ``step 120/500 (epoch 2.31/9.6), ETA 31m``; the parts it can say (the step
+    out of the last one and the ETA only when the run has an end, the epoch when its length is known)."""
+    parts = []
+    epoch = f"epoch {global_step / steps_per_epoch:.2f}" if steps_per_epoch else None
+    if last_step:
+        if epoch:
+            epoch += f"/{last_step / steps_per_epoch:.3g}"
+        parts.append(f"step {global_step}/{last_step}" + (f" ({epoch})" if epoch else ""))
+        if seconds_per_step is not None:
+            parts.append(f"ETA {format_duration(max(last_step - global_step, 0) * seconds_per_step)}")
+    elif epoch:
+        parts.append(epoch)
+    return ", ".join(parts)
+
+
 def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_steps=None, summary_op=None,
                        summary_writer=None, save_summaries_secs=60, max_train_seconds=None, first_phase=None,
-                       after_step_hooks=()):
+                       after_step_hooks=(), steps_per_epoch=None, last_step=None):
     """A ``train_step_fn`` for ``slim.learning.train`` with the NaN guard's stop and richer logs.
 
     Runs ``train_op`` (with ``tensors_to_log``, a {name: scalar} dict such as loss terms
@@ -296,7 +331,9 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     ``slim.learning.train_step``. When the step should log (``slim.learning.train``'s
     ``log_every_n_steps``, or ``log_every_n_steps`` here), it logs one line: step, total
     loss, the logged tensors, images/s (with ``images_per_step`` = batch x clones) and
-    sec/step. A NaN/Inf guard failure raises :class:`NonFiniteLossError` with the term
+    sec/step, then the progress (:func:`progress_text`: epoch with ``steps_per_epoch``, the step out of
+    ``last_step`` and the ETA from the mean duration of the last ``ETA_WINDOW_STEPS`` steps). A NaN/Inf
+    guard failure raises :class:`NonFiniteLossError` with the term
     and step, which ends ``slim.learning.train`` without saving the bad step.
 
     With ``summary_op`` and ``summary_writer`` (give ``slim.learning.train`` the same writer
@@ -315,6 +352,10 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     order; e.g. validation), each returning None or the reason to stop training now (then
     ``slim.learning.train`` saves a final checkpoint). The reason the run stopped, if any of these
     rules stopped it, is the step function's ``stop_reason`` attribute (None otherwise).
+
+    For the run's summary the step function also keeps ``first_global_step`` (the global step when
+    the run's first step started), ``last_global_step`` (after its last step) and ``started_at``
+    (``time.time()`` at the first step), each None before the first step.
     """
     names = list((tensors_to_log or {}).keys())
     tensors = [tensors_to_log[name] for name in names]
@@ -324,12 +365,14 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     last_summary_time = [None]
     run_start = [None]
     current_step = [None]
+    recent_step_seconds = collections.deque(maxlen=ETA_WINDOW_STEPS)
 
     def train_step_fn(session, train_op, global_step, train_step_kwargs):
         start = time.time()
         if run_start[0] is None:
             run_start[0] = start
             current_step[0] = int(session.run(global_step))
+            train_step_fn.first_global_step, train_step_fn.started_at = current_step[0], start
         in_first_phase = first_phase is not None and current_step[0] < first_phase.end_step
         step_tensor = first_phase.train_tensor if in_first_phase else train_op
         step_summary = first_phase.summary_op if in_first_phase else summary_op
@@ -357,7 +400,9 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
         total_loss, logged = fetched[0], fetched[1:]
         # Read after the step: fetched with train_op, the step's value could be either side of its increment.
         np_global_step = int(session.run(global_step))
-        current_step[0] = np_global_step
+        current_step[0] = train_step_fn.last_global_step = np_global_step
+        if not first_step_of_run[0]:  # the first step of a run also builds and warms up: not a typical step
+            recent_step_seconds.append(time.time() - start)
         if in_first_phase and np_global_step >= first_phase.end_step:
             logging.info("Global step %d: %s", np_global_step, first_phase.description)
         if with_summary:
@@ -377,6 +422,11 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
             if images_per_step:
                 parts.append(f"{images_per_step / max(elapsed, 1e-9):.1f} images/s")
             parts.append(f"{elapsed:.3f} sec/step")
+            seconds_per_step = (sum(recent_step_seconds) / len(recent_step_seconds) if recent_step_seconds
+                                else elapsed)
+            progress = progress_text(np_global_step, steps_per_epoch, last_step, seconds_per_step)
+            if progress:
+                parts.append(progress)
             logging.info(", ".join(parts))
         should_stop = bool(session.run(train_step_kwargs["should_stop"])) if "should_stop" in train_step_kwargs else False
         reason = None
@@ -391,4 +441,5 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
         return total_loss, should_stop
 
     train_step_fn.stop_reason = None
+    train_step_fn.first_global_step = train_step_fn.last_global_step = train_step_fn.started_at = None
     return train_step_fn

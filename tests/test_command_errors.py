@@ -49,7 +49,7 @@ def test_every_bad_training_flag_is_named_at_once():
     with pytest.raises(command_line.UsageError) as caught:
         opts.check()
     message = str(caught.value)
-    for expected in ("--batch_size must be an integer >= 1, got 0", "--learning_rate must be a number > 0, got -1.0",
+    for expected in ("--batch_size must be an integer >= 1 (or unset), got 0", "--learning_rate must be a number > 0, got -1.0",
                      "--image_size must be 'S' or 'H,W'", "got 'abc'", "--new_layers_only_epochs must be a number >= 0",
                      "--zoom_out_max_ratio must be a number >= 1, got 0.5",
                      "--negative_threshold (0.7) must not exceed --match_threshold (0.5)"):
@@ -76,7 +76,7 @@ def _error_lines(log):
 
 
 @pytest.mark.parametrize("flags, named", [
-    (["--batch_size=0"], "--batch_size must be an integer >= 1, got 0"),
+    (["--batch_size=0"], "--batch_size must be an integer >= 1 (or unset), got 0"),
     (["--batch_size=-1", "--image_size=abc"], "--image_size must be 'S' or 'H,W'"),
 ])
 def test_train_command_with_bad_flags_exits_2_with_one_line(tmp_path, flags, named):

@@ -28,6 +28,11 @@ from nets import nets_factory
 
 CONFIG_FILE = "training_config.json"
 
+# --batch_size when the flag is not given (training.plan.resolve_batch_size): on a GPU, and on a CPU, where
+# SSD300 at batch 32 takes about a minute a step (docs: README, "The first run on a CPU").
+DEFAULT_BATCH_SIZE = 32
+CPU_DEFAULT_BATCH_SIZE = 4
+
 
 def _option(default, help_text, rule=None, choices=None):
     metadata = {"help": help_text, "rule": rule, "choices": tuple(choices) if choices else None}
@@ -64,8 +69,10 @@ class TrainingConfig:
     dataset_name: str | None = _option(
         None, "Expected dataset name (e.g. pascalvoc_2007); default: what the dir holds.")
     dataset_split_name: str = _option("trainval", "Split to train on.")
-    batch_size: int = _option(32, "Images per clone per step (the global batch is batch_size x num_clones).",
-                              positive_int())
+    batch_size: int | None = _option(
+        None, f"Images per clone per step (the global batch is batch_size x num_clones). Default: "
+        f"{DEFAULT_BATCH_SIZE}, or {CPU_DEFAULT_BATCH_SIZE} when no GPU is visible (a CPU step at "
+        f"{DEFAULT_BATCH_SIZE} takes about a minute and ~11 GiB with SSD300).", positive_int(optional=True))
     num_readers: int = _option(4, "Shards read in parallel.", positive_int())
     num_preprocessing_threads: int = _option(4, "Parallel calls of parsing and augmentation.", positive_int())
     shuffle_buffer_size: int = _option(2048, "Examples in the shuffle buffer.", positive_int())
@@ -116,7 +123,16 @@ class TrainingConfig:
         "this many epochs of the training split, at --new_layers_learning_rate; then the whole network (but "
         "what --freeze_conv1_conv2 keeps frozen) at --learning_rate, warmed up again over --warmup_steps. "
         "Default: 4 epochs when training starts from ImageNet VGG-16 weights, 0 otherwise; a resumed run keeps "
-        "its own.", non_negative(optional=True))
+        "its own. Not with --unfreeze_at_step/--unfreeze_at_epoch (the same two phases, other layers first).",
+        non_negative(optional=True))
+    unfreeze_at_step: int | None = _option(
+        None, "Train only --trainable_scopes (default: SSD's own layers, the VGG-16 base frozen) until this "
+        "global step, at --new_layers_learning_rate, then the whole network (but what --freeze_conv1_conv2 "
+        "keeps frozen) at --learning_rate, warmed up again; the optimizer slots exist for every variable from "
+        "the start, so the switch needs no restart. The same two phases as --new_layers_only_epochs (not with "
+        "it); a resumed run keeps its own.", positive_int(optional=True))
+    unfreeze_at_epoch: float | None = _option(
+        None, "--unfreeze_at_step in epochs of the training split.", positive(optional=True))
     learning_rate_decay_type: str = _option("fixed", "Learning-rate schedule.", choices=lr_lib.DECAY_TYPES)
     learning_rate_decay_factor: float = _option(0.94, "Decay factor (exponential).",
                                                 unit_interval(low_inclusive=False))
@@ -125,10 +141,14 @@ class TrainingConfig:
     end_learning_rate: float = _option(0.0001, "Final learning rate (polynomial) / floor (cosine).", non_negative())
     learning_rate_boundaries: list | None = _option(
         None, "Piecewise: global steps where the rate changes.")
+    learning_rate_boundaries_epochs: list | None = _option(
+        None, "Piecewise: --learning_rate_boundaries in epochs of the training split (e.g. 40,50).")
     learning_rate_values: list | None = _option(None, "Piecewise: the rates (one more than the boundaries).")
     warmup_steps: int = _option(
         50, "Linear warmup from 0 over this many global steps (again when the VGG-16 base starts training).",
         non_negative_int())
+    warmup_epochs: float | None = _option(
+        None, "--warmup_steps in epochs of the training split (replaces --warmup_steps).", non_negative(optional=True))
     momentum: float = _option(0.9, "Momentum (momentum, rmsprop).", unit_interval(high_inclusive=False))
     adam_beta1: float = _option(0.9, "Adam/AdamW beta1.", unit_interval(high_inclusive=False))
     adam_beta2: float = _option(0.999, "Adam/AdamW beta2.", unit_interval(high_inclusive=False))
@@ -149,6 +169,10 @@ class TrainingConfig:
         unit_interval(low_inclusive=False, high_inclusive=False, optional=True))
     max_number_of_steps: int | None = _option(
         None, "Stop at this global step (default: train until interrupted).", positive_int(optional=True))
+    num_epochs: float | None = _option(
+        None, "Stop after this many epochs of the training split, counted from global step 0 at the global batch "
+        "(batch_size x num_clones x replicas per step): the alternative to --max_number_of_steps.",
+        positive(optional=True))
     max_train_minutes: float | None = _option(
         None, "Stop after this many minutes of training in this run (from its first step), with a final "
         "checkpoint.", positive(optional=True))
@@ -253,7 +277,7 @@ class TrainingConfig:
     def check(self):
         """Raises command_line.UsageError naming every option with a value training cannot use (all at once)."""
         problems = [command_line.image_size_problem(self.image_size)]
-        for name in ("learning_rate_boundaries", "learning_rate_values"):
+        for name in ("learning_rate_boundaries", "learning_rate_boundaries_epochs", "learning_rate_values"):
             try:
                 float_list(getattr(self, name), name)
             except ValueError as error:
@@ -262,10 +286,28 @@ class TrainingConfig:
                 and self.negative_threshold > self.match_threshold):
             problems.append(f"--negative_threshold ({self.negative_threshold}) must not exceed --match_threshold "
                             f"({self.match_threshold})")
+        problems += self._one_form_problems()
         if self.validate_every_n_steps is not None and self.validate_every_n_epochs is not None:
             problems.append("give --validate_every_n_steps or --validate_every_n_epochs, not both")
         command_line.check_options(self, OPTION_RULES, problems)
         return self
+
+    def _one_form_problems(self):
+        """Options a run takes in steps or in epochs, or two ways of asking for the same phases: not both."""
+        given = {name: getattr(self, name) not in (None, [], ()) for name in (
+            "max_number_of_steps", "num_epochs", "learning_rate_boundaries", "learning_rate_boundaries_epochs",
+            "unfreeze_at_step", "unfreeze_at_epoch", "warmup_epochs")}
+        given["warmup_steps"] = self.warmup_steps != _default("warmup_steps")
+        given["new_layers_only_epochs"] = bool(self.new_layers_only_epochs)
+        problems = []
+        for first, second in (("max_number_of_steps", "num_epochs"), ("warmup_steps", "warmup_epochs"),
+                              ("learning_rate_boundaries", "learning_rate_boundaries_epochs"),
+                              ("unfreeze_at_step", "unfreeze_at_epoch"),
+                              ("new_layers_only_epochs", "unfreeze_at_step"),
+                              ("new_layers_only_epochs", "unfreeze_at_epoch")):
+            if given[first] and given[second]:
+                problems.append(f"give --{first} or --{second}, not both")
+        return problems
 
     @property
     def image_shape(self):
@@ -283,6 +325,10 @@ class TrainingConfig:
     def images_per_clone_step(self):
         """Images of one global step on this replica: batch_size x num_clones."""
         return self.batch_size * self.num_clones
+
+
+def _default(name):
+    return next(field.default for field in dataclasses.fields(TrainingConfig) if field.name == name)
 
 
 # Every numeric option's allowed values, from the fields (checked before anything is built).
@@ -352,7 +398,9 @@ class TrainingRecord:
       data_seed: the seed of this run's data order and augmentations.
       dataset: :class:`DatasetRecord`.
       frozen_scopes: scopes never trained (a resumed run keeps them).
-      new_layers_only_steps: global steps during which only SSD's new layers train (0: none).
+      new_layers_only_steps: global steps of the first phase (0: none), during which only SSD's new layers
+        train, or ``first_phase_scopes`` when given.
+      first_phase_scopes: what the first phase trains with --unfreeze_at_step (None: SSD's new layers).
     """
 
     config: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
@@ -363,6 +411,7 @@ class TrainingRecord:
     dataset: DatasetRecord = dataclasses.field(default_factory=DatasetRecord)
     frozen_scopes: tuple = ()
     new_layers_only_steps: int = 0
+    first_phase_scopes: tuple | None = None
 
     @property
     def model_name(self):
@@ -394,6 +443,7 @@ class TrainingRecord:
             "dataset": dataclasses.asdict(self.dataset),
             "frozen_scopes": list(self.frozen_scopes),
             "new_layers_only_steps": self.new_layers_only_steps,
+            "first_phase_scopes": None if self.first_phase_scopes is None else list(self.first_phase_scopes),
         }
         return json.dumps(document, indent=2, sort_keys=True, default=str)
 
@@ -417,6 +467,8 @@ class TrainingRecord:
                                      if k in dataset_fields}),
             frozen_scopes=tuple(document.get("frozen_scopes") or ()),
             new_layers_only_steps=int(document.get("new_layers_only_steps") or 0),
+            first_phase_scopes=(None if document.get("first_phase_scopes") is None
+                                else tuple(document["first_phase_scopes"])),
         )
 
     def write(self, train_dir):

@@ -159,10 +159,24 @@ def build_optimizer(config, learning_rate):
     )
 
 
+def schedule_steps(config, num_samples, deploy_config):
+    """(warmup steps, piecewise boundaries in steps or None): the schedule's options given in steps, or in
+    epochs (--warmup_epochs, --learning_rate_boundaries_epochs) converted by ``lr_lib.epochs_to_steps``."""
+    images = (num_samples, config.batch_size, deploy_config.num_clones, replicas_per_step(config, deploy_config))
+    warmup_steps = config.warmup_steps if config.warmup_epochs is None else lr_lib.epochs_to_steps(
+        config.warmup_epochs, *images)
+    boundaries, _ = config.learning_rate_piecewise
+    if config.learning_rate_boundaries_epochs:
+        boundaries = [lr_lib.epochs_to_steps(float(epochs), *images)
+                      for epochs in config.learning_rate_boundaries_epochs]
+    return warmup_steps, boundaries
+
+
 def build_learning_rate(config, global_step, num_samples, deploy_config, new_layers_only_steps=0):
     """The learning-rate tensor: the schedule, or with ``new_layers_only_steps`` the two phases
     (--new_layers_learning_rate, then --learning_rate warmed up again)."""
-    boundaries, values = config.learning_rate_piecewise
+    _, values = config.learning_rate_piecewise
+    warmup_steps, boundaries = schedule_steps(config, num_samples, deploy_config)
 
     def schedule(rate, warmup_steps):
         return lr_lib.configure_learning_rate(
@@ -174,10 +188,10 @@ def build_learning_rate(config, global_step, num_samples, deploy_config, new_lay
         )
 
     if not new_layers_only_steps:
-        return schedule(config.learning_rate, config.warmup_steps)
+        return schedule(config.learning_rate, warmup_steps)
     return lr_lib.two_phase_learning_rate(
-        global_step, new_layers_only_steps, schedule(config.new_layers_learning_rate, config.warmup_steps),
-        schedule(config.learning_rate, 0), config.warmup_steps)
+        global_step, new_layers_only_steps, schedule(config.new_layers_learning_rate, warmup_steps),
+        schedule(config.learning_rate, 0), warmup_steps)
 
 
 @dataclasses.dataclass
@@ -195,15 +209,18 @@ class TrainingGraph:
     loss_terms: dict  # name -> loss tensor of the first clone, for the log line
     sync_optimizer: object  # cluster.SyncReplicasOptimizer, or None
     new_layers_only_steps: int
+    warmup_steps: int = 0  # of the learning rate (and again at the phase switch), in global steps
 
 
-def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_scopes=(), new_layers_only_steps=0):
+def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_scopes=(), new_layers_only_steps=0,
+                         first_phase_scopes=None):
     """Builds the whole training graph in the default graph; returns its :class:`TrainingGraph`.
 
     Variables under ``frozen_scopes`` (see :func:`training.plan.resolve_training_plan`) are not
     trained. With ``new_layers_only_steps`` the graph has a second train tensor
-    (``train.first_phase``) for the steps before it, which trains SSD's new layers only, at
-    ``--new_layers_learning_rate``."""
+    (``train.first_phase``) for the steps before it, which trains SSD's new layers only (or, with
+    ``first_phase_scopes``, those scopes only; the other train tensor then trains the whole network,
+    not only --trainable_scopes), at ``--new_layers_learning_rate``."""
     data_seed = config.seed if data_seed is None else data_seed
     tf1.set_random_seed(config.seed)
     net = build_network(config, spec.num_classes)
@@ -219,8 +236,9 @@ def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_sco
 
     sync = deploy_config.num_ps_tasks > 0 and config.sync_replicas
     if new_layers_only_steps and sync:
-        raise ValueError("--new_layers_only_epochs cannot be combined with --sync_replicas (SyncReplicasOptimizer "
-                         "applies one train op); pass --new_layers_only_epochs=0, or train the two phases as two runs")
+        raise ValueError("--new_layers_only_epochs and --unfreeze_at_step/--unfreeze_at_epoch cannot be combined "
+                         "with --sync_replicas (SyncReplicasOptimizer applies one train op); pass "
+                         "--new_layers_only_epochs=0, or train the two phases as two runs")
     with tf1.device(deploy_config.optimizer_device()):
         learning_rate = build_learning_rate(config, global_step, spec.num_samples, deploy_config,
                                             new_layers_only_steps)
@@ -232,12 +250,16 @@ def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_sco
                 total_num_replicas=deploy_config.num_replicas)
 
     first_phase_variables = None
-    if new_layers_only_steps:
+    trainable_scopes = config.trainable_scopes
+    if new_layers_only_steps and first_phase_scopes:
+        first_phase_variables = train_op_lib.get_variables_to_train(first_phase_scopes, frozen_scopes)
+        trainable_scopes = None  # after the switch: the whole network
+    elif new_layers_only_steps:
         first_phase_variables = train_op_lib.get_variables_to_train(
             config.trainable_scopes, list(frozen_scopes) + ssd_vgg_common.vgg16_base_scopes(net.name))
     train = train_op_lib.build_train_op(
         deploy_config, clones, optimizer, global_step=global_step,
-        variables_to_train=train_op_lib.get_variables_to_train(config.trainable_scopes, frozen_scopes),
+        variables_to_train=train_op_lib.get_variables_to_train(trainable_scopes, frozen_scopes),
         clip_gradient_norm=config.clip_gradient_norm, moving_average_decay=config.moving_average_decay,
         first_phase_variables=first_phase_variables,
     )
@@ -260,4 +282,5 @@ def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_sco
         net=net, deploy_config=deploy_config, global_step=global_step, clones=clones, train=train,
         learning_rate=learning_rate, optimizer=optimizer, iterator=iterator, loss_terms=loss_terms_of(first_clone),
         sync_optimizer=sync_optimizer, new_layers_only_steps=new_layers_only_steps,
+        warmup_steps=schedule_steps(config, spec.num_samples, deploy_config)[0],
     )

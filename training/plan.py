@@ -2,8 +2,11 @@
 
 * :func:`resolve_dataset`: ``--dataset_dir``, or the built-in sample dataset.
 * :func:`starting_global_step`: the step a run resumes from (0 for a new run).
-* :func:`resolve_training_plan`: which scopes stay frozen and for how many steps only SSD's new
-  layers train (the recipe from ImageNet VGG-16 weights, see docs/accuracy.md).
+* :func:`resolve_batch_size`: ``--batch_size``, or the default for this machine (smaller without a GPU).
+* :func:`resolve_training_plan`: which scopes stay frozen and for how many steps only some layers
+  train (SSD's new layers: the recipe from ImageNet VGG-16 weights, see docs/accuracy.md; or
+  ``--trainable_scopes`` until ``--unfreeze_at_step``): one two-phase mechanism, two ways to ask.
+* :func:`last_global_step`: where the run ends (``--max_number_of_steps`` or ``--num_epochs``).
 * :func:`initialization_arguments`: what the trainer (and the checkpoint inspector's dry run) give
   :func:`deployment.checkpoint_init.plan_initialization`.
 
@@ -16,9 +19,10 @@ from absl import logging
 import tensorflow as tf
 
 from datasets import dataset_factory, sample_data
-from deployment import checkpoint_init, learning_rate as lr_lib
+from deployment import checkpoint_init, devices, learning_rate as lr_lib
+from deployment.scopes import split_scopes
 from nets import ssd_vgg_common, vgg_checkpoint
-from training.config import TrainingRecord
+from training.config import CPU_DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE, TrainingRecord
 
 # The recipe from ImageNet VGG-16 weights: epochs of the training split during which only SSD's new layers train.
 DEFAULT_NEW_LAYERS_ONLY_EPOCHS = 4.0
@@ -31,6 +35,30 @@ def resolve_dataset(config):
         dataset_dir = sample_data.ensure_sample_dataset()
         logging.info("No --dataset_dir: training on the built-in sample dataset in %s", dataset_dir)
     return dataset_factory.get_dataset(config.dataset_name, config.dataset_split_name, dataset_dir)
+
+
+def resolve_batch_size(config, gpu_visible=None):
+    """``config`` with ``--batch_size`` decided: the flag's value when given; else DEFAULT_BATCH_SIZE on a
+    machine with a GPU, CPU_DEFAULT_BATCH_SIZE without one (said in one line: a CPU step at the GPU
+    default takes about a minute and ~11 GiB, and a first run should show the loss falling within minutes).
+    ``gpu_visible``: default, whether TensorFlow sees a GPU."""
+    if config.batch_size is not None:
+        return config
+    if gpu_visible is None:
+        gpu_visible = bool(devices.available_gpus())
+    if gpu_visible:
+        return config.replace(batch_size=DEFAULT_BATCH_SIZE)
+    logging.info("No GPU visible and no --batch_size: training at batch %d on the CPU (%d with a GPU); "
+                 "--batch_size sets it.", CPU_DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE)
+    return config.replace(batch_size=CPU_DEFAULT_BATCH_SIZE)
+
+
+def last_global_step(config, num_samples, images_per_step):
+    """The global step the run stops at: ``--max_number_of_steps``, or ``--num_epochs`` of the
+    ``num_samples`` training images at ``images_per_step`` (at least 1 step); None: until interrupted."""
+    if config.num_epochs is None:
+        return config.max_number_of_steps
+    return max(1, lr_lib.epochs_to_steps(config.num_epochs, num_samples, images_per_step))
 
 
 def latest_checkpoint(train_dir):
@@ -57,8 +85,18 @@ class TrainingPlan:
     """What trains when."""
 
     frozen_scopes: tuple  # scopes never trained
-    new_layers_only_steps: int  # global steps during which only SSD's new layers train (0: none)
+    # Global steps of the first phase (0: none), during which only the first phase's layers train: SSD's new
+    # layers (--new_layers_only_epochs), or first_phase_scopes (--trainable_scopes until --unfreeze_at_step).
+    new_layers_only_steps: int
     note: str  # the start-up line's note saying both
+    # The scopes the first phase trains; None: SSD's own layers (everything but the VGG-16 base). When
+    # given, the second phase trains the whole network (but frozen_scopes), not only --trainable_scopes.
+    first_phase_scopes: tuple | None = None
+
+    @property
+    def second_phase_trains(self):
+        """What starts training at the switch, for the log line."""
+        return "the VGG-16 base" if self.first_phase_scopes is None else "the whole network"
 
 
 def resolve_training_plan(config, model_scope, num_samples=None, images_per_step=None):
@@ -96,6 +134,12 @@ def resolve_training_plan(config, model_scope, num_samples=None, images_per_step
     note = (f"frozen (not trained): {', '.join(scope.split('/')[-1] for scope in frozen)} ({why})" if frozen
             else f"every layer trained ({why})")
 
+    if config.unfreeze_at_step is not None or config.unfreeze_at_epoch is not None:
+        return _unfreeze_plan(config, frozen, note, num_samples, images_per_step)
+    if resuming and recorded.first_phase_scopes is not None and config.new_layers_only_epochs is None:
+        steps = recorded.new_layers_only_steps
+        return TrainingPlan(tuple(frozen), steps, note + _unfreeze_note(recorded.first_phase_scopes, steps, start),
+                            tuple(recorded.first_phase_scopes))
     epochs = config.new_layers_only_epochs
     if epochs is not None and epochs < 0:
         raise ValueError(f"--new_layers_only_epochs must be >= 0, got {epochs}")
@@ -111,12 +155,31 @@ def resolve_training_plan(config, model_scope, num_samples=None, images_per_step
             if epochs:
                 note += f"; only SSD's new layers train (conv1..conv5 frozen) for the first {epochs:g} epochs ({why})"
             return TrainingPlan(tuple(frozen), 0, note)
-        steps = int(round(epochs * lr_lib.steps_per_epoch(num_samples, images_per_step)))
+        steps = lr_lib.epochs_to_steps(epochs, num_samples, images_per_step)
     if steps:
         note += (f"; only SSD's new layers train (conv1..conv5 frozen) until global step {steps} "
                  f"({why}, at --new_layers_learning_rate={config.new_layers_learning_rate:g}), then the rest at "
                  f"--learning_rate={config.learning_rate:g}")
     return TrainingPlan(tuple(frozen), steps, note)
+
+
+def _unfreeze_plan(config, frozen, note, num_samples, images_per_step):
+    """--unfreeze_at_step/--unfreeze_at_epoch: --trainable_scopes (default: SSD's new layers) first, then all."""
+    first_scopes = tuple(split_scopes(config.trainable_scopes)) or None
+    if config.unfreeze_at_step is not None:
+        steps, flag = config.unfreeze_at_step, "--unfreeze_at_step"
+    elif num_samples is None:
+        return TrainingPlan(tuple(frozen), 0, note + f"; the whole network trains from epoch "
+                            f"{config.unfreeze_at_epoch:g} (--unfreeze_at_epoch)", first_scopes)
+    else:
+        steps = lr_lib.epochs_to_steps(config.unfreeze_at_epoch, num_samples, images_per_step)
+        flag = f"--unfreeze_at_epoch={config.unfreeze_at_epoch:g}"
+    return TrainingPlan(tuple(frozen), steps, note + _unfreeze_note(first_scopes, steps, flag), first_scopes)
+
+
+def _unfreeze_note(first_scopes, steps, why):
+    what = ", ".join(first_scopes) if first_scopes else "SSD's new layers (conv1..conv5 frozen)"
+    return f"; only {what} train until global step {steps} ({why}), then the whole network"
 
 
 def initialization_arguments(config, net):

@@ -12,16 +12,19 @@
    ``--checkpoint_path`` > scratch, :mod:`deployment.checkpoint_init`), the saver and the step
    function (logging, summaries, the NaN guard, the phase switch: :mod:`deployment.train_op`) with
    the chief's validation (best checkpoint, early stopping: :mod:`training.validation`) after each step.
-5. ``slim.learning.train``.
+5. ``slim.learning.train``, then (the chief, also when the run is interrupted or fails) the run's
+   summary: one line and ``run_summary.json`` (:mod:`training.run_summary`).
 """
+
+import contextlib
 
 from absl import logging
 import tensorflow as tf
 
-from deployment import checkpoint_init, checkpoint_integrity, devices, train_op as train_op_lib
+from deployment import checkpoint_init, checkpoint_integrity, devices, learning_rate as lr_lib, train_op as train_op_lib
 from nets import anchor_coverage
 from tf_compat import slim, tf1
-from training import graph as graph_lib, machines as machines_lib, plan as plan_lib
+from training import graph as graph_lib, machines as machines_lib, plan as plan_lib, run_summary
 from training import validation as validation_lib
 from training.config import DatasetRecord, TrainingRecord
 
@@ -31,7 +34,7 @@ ANCHOR_COVERAGE_IMAGES = 1000
 
 def train(config):
     """Runs training as ``config`` says; returns the final total loss (a ps task serves until killed)."""
-    config.check()
+    config = plan_lib.resolve_batch_size(config.check())
     machine = machines_lib.machines_for(config)
     if machine.serves_only:
         return machine.serve()
@@ -52,6 +55,7 @@ def train(config):
     images_per_step = config.batch_size * deploy_config.num_clones * graph_lib.replicas_per_step(config, deploy_config)
     network = graph_lib.build_network(config, spec.num_classes)
     training_plan = plan_lib.resolve_training_plan(config, network.name, spec.num_samples, images_per_step)
+    last_step = plan_lib.last_global_step(config, spec.num_samples, images_per_step)
     if machine.is_chief:
         logging.info("%s", anchor_coverage.coverage_report(
             network, spec, config.match_threshold, config.negative_threshold,
@@ -59,13 +63,14 @@ def train(config):
 
     with tf.Graph().as_default():
         parts = graph_lib.build_training_graph(config, spec, deploy_config, data_seed, training_plan.frozen_scopes,
-                                               training_plan.new_layers_only_steps)
+                                               training_plan.new_layers_only_steps, training_plan.first_phase_scopes)
         record = TrainingRecord(
             config=config, network={k: (list(v) if isinstance(v, tuple) else v)
                                     for k, v in parts.net.params._asdict().items()},
             num_anchors=parts.net.num_anchors, deployment=repr(deploy_config), data_seed=data_seed,
             dataset=DatasetRecord.of(spec), frozen_scopes=training_plan.frozen_scopes,
-            new_layers_only_steps=training_plan.new_layers_only_steps)
+            new_layers_only_steps=training_plan.new_layers_only_steps,
+            first_phase_scopes=training_plan.first_phase_scopes)
         path = record.write(config.train_dir) if machine.is_chief else "the chief's train_dir"
         logging.info("Training %s on %s/%s (%d images, %d classes incl. background), %d clone(s) x batch %d, "
                      "%d anchors, on %s; configuration in %s", parts.net.name, spec.name, spec.split_name,
@@ -84,18 +89,20 @@ def train(config):
         if machine.is_chief:
             # Only the chief validates (once, not per tower): the best weights and the stop are the run's.
             validation = validation_lib.validation_hook_for(config, parts.net, spec, deploy_config, images_per_step,
-                                                            parts.train.moving_average, config.max_number_of_steps)
+                                                            parts.train.moving_average, last_step)
             if validation is not None:
                 after_step_hooks.append(validation)
-        train_step_fn, summary_writer = make_train_step_fn(config, parts, training_plan, machine.is_chief,
-                                                           after_step_hooks)
-        train_step_fn = machine.wrap_train_step(train_step_fn)
+        steps_per_epoch = lr_lib.steps_per_epoch(spec.num_samples, images_per_step)
+        step_fn, summary_writer = make_train_step_fn(config, parts, training_plan, machine.is_chief,
+                                                     after_step_hooks, steps_per_epoch, last_step)
+        train_step_fn = machine.wrap_train_step(step_fn)
         machine.prepare_graph()
         machine.wait_for_chief()
-        with machine.training_context(parts.sync_optimizer):
+        with machine.training_context(parts.sync_optimizer), _run_summary_at_end(
+                config, step_fn, machine.is_chief, images_per_step, steps_per_epoch, last_step):
             final_loss = slim.learning.train(
                 parts.train.train_tensor, logdir=config.train_dir, init_fn=init_fn, train_step_fn=train_step_fn,
-                number_of_steps=config.max_number_of_steps, log_every_n_steps=config.log_every_n_steps,
+                number_of_steps=last_step, log_every_n_steps=config.log_every_n_steps,
                 summary_op=None, summary_writer=summary_writer,
                 save_interval_secs=config.save_interval_secs, saver=saver, session_config=machine.session_config,
                 master=machine.master, is_chief=machine.is_chief, sync_optimizer=parts.sync_optimizer,
@@ -106,7 +113,33 @@ def train(config):
         return final_loss
 
 
-def make_train_step_fn(config, parts, training_plan, is_chief, after_step_hooks=()):
+@contextlib.contextmanager
+def _run_summary_at_end(config, step_fn, is_chief, images_per_step, steps_per_epoch, last_step):
+    """On the chief, when the run ends (returns, is interrupted or fails): the summary line and
+    ``run_summary.json``. Writing it never hides the run's own error."""
+    error = None
+    try:
+        yield
+    except BaseException as raised:
+        error = raised
+        raise
+    finally:
+        if is_chief:
+            try:
+                end_flag = "--num_epochs" if config.num_epochs is not None else "--max_number_of_steps"
+                reason = run_summary.stop_reason_of(step_fn.stop_reason, error, step_fn.last_global_step,
+                                                    last_step, end_flag)
+                summary = run_summary.summarize(
+                    config.train_dir, step_fn.first_global_step, step_fn.last_global_step, step_fn.started_at,
+                    images_per_step, steps_per_epoch, reason)
+                path = run_summary.write(config.train_dir, summary)
+                logging.info("%s (%s)", run_summary.summary_line(summary), path)
+            except Exception as write_error:  # noqa: BLE001 (the summary must not replace the run's outcome)
+                logging.warning("Could not write the run summary: %s", write_error)
+
+
+def make_train_step_fn(config, parts, training_plan, is_chief, after_step_hooks=(), steps_per_epoch=None,
+                       last_step=None):
     """The step function: logging, the chief's summaries (run inside its train step, not in a thread of their
     own), the run's time limit and, with two phases, the switch to the second phase's train tensor.
     Returns (step function, the chief's summary writer or None on other workers)."""
@@ -119,15 +152,17 @@ def make_train_step_fn(config, parts, training_plan, is_chief, after_step_hooks=
             parts.new_layers_only_steps, parts.train.first_phase.train_tensor,
             # Each phase's summary op carries its own phase's gradient summaries only.
             _merge_summaries(parts.train.first_phase.summaries) if is_chief else None,
-            f"the VGG-16 base{but} starts training, at learning rate {config.learning_rate:g} after a "
-            f"{config.warmup_steps}-step warmup")
+            f"{training_plan.second_phase_trains}{but} starts training, at learning rate "
+            f"{config.learning_rate:g} after a {parts.warmup_steps}-step warmup (trainable variables: "
+            f"{len(parts.train.first_phase.grads_and_vars)} -> {len(parts.train.grads_and_vars)})")
     train_step_fn = train_op_lib.make_train_step_fn(
         tensors_to_log={"learning_rate": parts.learning_rate, **parts.loss_terms},
         images_per_step=config.batch_size * parts.deploy_config.num_clones,
         summary_op=_merge_summaries(parts.train.summaries) if is_chief else None, summary_writer=summary_writer,
         save_summaries_secs=config.save_summaries_secs,
         max_train_seconds=None if config.max_train_minutes is None else 60.0 * config.max_train_minutes,
-        first_phase=first_phase, after_step_hooks=after_step_hooks,
+        first_phase=first_phase, after_step_hooks=after_step_hooks, steps_per_epoch=steps_per_epoch,
+        last_step=last_step,
     )
     return train_step_fn, summary_writer
 
