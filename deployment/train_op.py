@@ -332,7 +332,8 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     ``log_every_n_steps``, or ``log_every_n_steps`` here), it logs one line: step, total
     loss, the logged tensors, images/s (with ``images_per_step`` = batch x clones) and
     sec/step, then the progress (:func:`progress_text`: epoch with ``steps_per_epoch``, the step out of
-    ``last_step`` and the ETA from the mean duration of the last ``ETA_WINDOW_STEPS`` steps). A NaN/Inf
+    ``last_step`` and the ETA from the mean time between the starts of the last ``ETA_WINDOW_STEPS``
+    steps, hooks and saves included, the run's first step left out). A NaN/Inf
     guard failure raises :class:`NonFiniteLossError` with the term
     and step, which ends ``slim.learning.train`` without saving the bad step.
 
@@ -365,7 +366,10 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     last_summary_time = [None]
     run_start = [None]
     current_step = [None]
+    # From one step's start to the next one's: what the ETA must count includes the after-step hooks
+    # (validation), summaries and checkpoint saves, not only session.run.
     recent_step_seconds = collections.deque(maxlen=ETA_WINDOW_STEPS)
+    previous_start = [None]
 
     def train_step_fn(session, train_op, global_step, train_step_kwargs):
         start = time.time()
@@ -401,8 +405,10 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
         # Read after the step: fetched with train_op, the step's value could be either side of its increment.
         np_global_step = int(session.run(global_step))
         current_step[0] = train_step_fn.last_global_step = np_global_step
-        if not first_step_of_run[0]:  # the first step of a run also builds and warms up: not a typical step
-            recent_step_seconds.append(time.time() - start)
+        # The run's first step also warms up (a minute on a CPU): not a typical one.
+        if previous_start[0] is not None and previous_start[0] != run_start[0]:
+            recent_step_seconds.append(start - previous_start[0])
+        previous_start[0] = start
         if in_first_phase and np_global_step >= first_phase.end_step:
             logging.info("Global step %d: %s", np_global_step, first_phase.description)
         if with_summary:

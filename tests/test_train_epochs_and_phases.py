@@ -61,6 +61,22 @@ def test_unfreeze_at_epoch_becomes_the_first_phase_of_the_plan(tmp_path):
     assert by_step.new_layers_only_steps == 9 and by_step.second_phase_trains == "the whole network"
 
 
+def test_a_resumed_run_keeps_the_unfreeze_plan_it_started_with(tmp_path):
+    from training.config import TrainingRecord
+
+    with tf.Graph().as_default():
+        step = tf1.train.get_or_create_global_step()
+        with tf1.Session() as session:
+            session.run(tf1.global_variables_initializer())
+            tf1.train.Saver([step]).save(session, str(tmp_path / "model.ckpt"), global_step=5)
+    TrainingRecord(new_layers_only_steps=12, first_phase_scopes=("ssd_300_vgg/block8",)).write(str(tmp_path))
+    resumed = plan_lib.resolve_training_plan(TrainingConfig(train_dir=str(tmp_path)), "ssd_300_vgg", 40, 4)
+    assert resumed.new_layers_only_steps == 12 and resumed.first_phase_scopes == ("ssd_300_vgg/block8",)
+    assert "only ssd_300_vgg/block8 train until global step 12 (as in the run being resumed" in resumed.note
+    record = TrainingRecord.read(str(tmp_path))
+    assert record.first_phase_scopes == ("ssd_300_vgg/block8",) and TrainingRecord.from_json("{}").first_phase_scopes is None
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(max_number_of_steps=10, num_epochs=2), "give --max_number_of_steps or --num_epochs, not both"),
     (dict(warmup_steps=10, warmup_epochs=1), "give --warmup_steps or --warmup_epochs, not both"),
