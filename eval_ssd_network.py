@@ -72,6 +72,8 @@ def define_flags(flag_values):
     flags.DEFINE_bool("no_moving_averages", False, "Use the raw weights even when the EMA is stored.", **fv)
     flags.DEFINE_bool("keep_best", False, "Copy the best checkpoint so far into <eval_dir>/best/.", **fv)
     flags.DEFINE_enum("best_metric", "voc07_map", evaluator.BEST_METRICS, "What --keep_best compares.", **fv)
+    flags.DEFINE_integer("num_visualized_images", 3, "TensorBoard pictures (eval/detections/<i>) of the first N "
+                         "images: detections scoring at least 0.5 beside the ground truth (0: none).", **fv)
     flags.DEFINE_float("progress_every_secs", 10.0, "Progress line (rate, ETA) this often.", **fv)
     flags.DEFINE_float("gpu_memory_fraction", devices.DEFAULT_GPU_MEMORY_FRACTION,
                        "Share of each GPU's memory the session may take.", **fv)

@@ -64,7 +64,7 @@ def trainer_args(args, train_dir):
              f"--max_number_of_steps={args.warmup_steps + args.steps}", "--log_every_n_steps=1",
              "--checkpoint_path=", "--save_summaries_secs=0", "--save_interval_secs=100000",
              "--summarize_activations=false", "--summarize_variables=false", "--num_summary_images=0",
-             f"--augmentation={args.augmentation}"]
+             f"--augmentation={args.augmentation}", "--validation_split="]  # steps/s of training alone
     if args.dataset_dir:
         flags.append(f"--dataset_dir={args.dataset_dir}")
     return flags

@@ -67,7 +67,8 @@ def train(args, data_dir, train_dir, extra_flags):
         sys.executable, os.path.join(REPO_ROOT, "train_ssd_network.py"), f"--train_dir={train_dir}",
         f"--dataset_dir={data_dir}", f"--checkpoint_path={args.checkpoint_path}", "--checkpoint_model_scope=vgg_16",
         f"--max_train_minutes={args.train_minutes}", f"--save_interval_secs={int(args.eval_every_minutes * 60)}",
-        "--max_to_keep=100000", *extra_flags,
+        # Training alone, as measured before in-run validation existed: the evaluation runs afterwards.
+        "--max_to_keep=100000", "--validation_split=", *extra_flags,
     ]
     log_path = os.path.join(args.work_dir, "train.log")
     start = time.time()

@@ -10,7 +10,8 @@ original image pixels and matched to the ground truth per class on the host (:fu
 :class:`evaluation.detection_metrics.DetectionEvaluator`, VOC ``difficult`` boxes ignored);
 :func:`compute_results` adds the COCO numbers. :func:`write_results` writes the TensorBoard
 summaries and appends the ``metrics.jsonl`` line; :func:`keep_if_best` copies a checkpoint into
-``best/`` when it beats the best so far (:func:`write_best_record` writes ``best.json``).
+``best/`` when it beats the best so far (:func:`write_best_record` writes ``best.json``);
+:func:`write_pictures` draws the first images' detections beside their ground truth for TensorBoard.
 """
 
 import json
@@ -41,6 +42,7 @@ OPTION_RULES = {
     "max_num_images": command_line.positive_int(optional=True),
     "matching_iou": command_line.unit_interval(low_inclusive=False),
     "progress_every_secs": command_line.positive(),
+    "num_visualized_images": command_line.non_negative_int(),
     "gpu_memory_fraction": command_line.unit_interval(low_inclusive=False),
     **ssd_eval.POST_PROCESSING_RULES,
 }
@@ -201,6 +203,68 @@ def write_results(eval_dir, writer, global_step, result, coco, checkpoint_path, 
     return record
 
 
+# ----------------------------------------------------------------------------- pictures
+
+# The least score of a detection drawn in the pictures (the metrics use every detection above --select_threshold).
+PICTURE_SCORE_THRESHOLD = 0.5
+
+
+class FirstImages:
+    """The detections and ground truth (original pixels) of the first ``max_images`` images of a pass:
+    give :meth:`add_batch` to :func:`run_pass` as ``on_batch``."""
+
+    def __init__(self, max_images):
+        self.max_images = int(max_images or 0)
+        self.detections = []
+        self.ground_truth = []
+
+    def add_batch(self, values):
+        detections = values["detections"]
+        for i in range(len(values["num_objects"])):
+            if len(self.detections) >= self.max_images:
+                return
+            height, width = (float(v) for v in values["info"]["original_shape"][i])
+            scale = np.array([height, width, height, width])
+            count, found = int(values["num_objects"][i]), int(detections["num_detections"][i])
+            self.ground_truth.append({"boxes": values["gt_boxes"][i][:count] * scale,
+                                      "labels": values["gt_labels"][i][:count],
+                                      "difficult": values["gt_difficult"][i][:count]})
+            self.detections.append({"boxes": detections["boxes"][i][:found],
+                                    "scores": detections["scores"][i][:found],
+                                    "classes": detections["classes"][i][:found]})
+
+
+def read_first_images(spec, count):
+    """The first ``count`` images of the split (uint8 [H, W, 3], original pixels), in the order of a pass."""
+    if not count:
+        return []
+    images = []
+    with tf.Graph().as_default():
+        dataset = dataset_factory.build_dataset(spec, is_training=False).take(count)
+        image = tf1.data.make_one_shot_iterator(dataset).get_next()["image"]
+        with tf1.Session() as session:
+            while True:
+                try:
+                    images.append(np.asarray(session.run(image), np.uint8))
+                except tf.errors.OutOfRangeError:
+                    return images
+
+
+def write_pictures(writer, global_step, images, first, labels, tag="eval/detections",
+                   score_threshold=PICTURE_SCORE_THRESHOLD):
+    """Each of ``first``'s images (:class:`FirstImages`) with its detections beside its ground truth, as image
+    summaries ``<tag>/<i>`` at ``global_step`` (:mod:`evaluation.detection_images`)."""
+    if not first.detections:
+        return
+    from evaluation import detection_images
+
+    count = len(first.detections)
+    pictures = detection_images.comparison_images(images[:count], first.detections, first.ground_truth, labels,
+                                                  score_threshold, count)
+    writer.add_summary(detection_images.image_summary(tag, pictures), int(global_step))
+    writer.flush()
+
+
 # ----------------------------------------------------------------------------- best checkpoint
 
 
@@ -211,12 +275,18 @@ def metric_value(record, name):
 
 
 def read_best_record(best_dir):
-    """``<best_dir>/best.json`` as a dict, or None."""
+    """``<best_dir>/best.json`` as a dict, or None (also, with a warning, when it cannot be read: the next
+    best replaces it)."""
     path = os.path.join(best_dir, BEST_RECORD)
     if not tf.io.gfile.exists(path):
         return None
-    with tf.io.gfile.GFile(path) as stream:
-        return json.loads(stream.read())
+    try:
+        with tf.io.gfile.GFile(path) as stream:
+            record = json.loads(stream.read())
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        logging.warning("%s is unreadable (%s): the next best checkpoint replaces it", path, error)
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def write_best_record(best_dir, record, metric, train_dir):
@@ -225,9 +295,12 @@ def write_best_record(best_dir, record, metric, train_dir):
     config_path = os.path.join(train_dir, ssd_eval.TRAINING_CONFIG)
     if tf.io.gfile.exists(config_path):
         tf.io.gfile.copy(config_path, os.path.join(best_dir, ssd_eval.TRAINING_CONFIG), overwrite=True)
-    document = {**record, "metric": metric, "value": metric_value(record, metric)}
-    with tf.io.gfile.GFile(os.path.join(best_dir, BEST_RECORD), "w") as stream:
+    document = {**record, "metric": metric, "value": record.get(metric)}
+    path = os.path.join(best_dir, BEST_RECORD)
+    # Written aside and renamed: a run killed during the write leaves the previous best.json whole.
+    with tf.io.gfile.GFile(path + ".tmp", "w") as stream:
         stream.write(json.dumps(document, indent=2, allow_nan=False))
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def keep_if_best(eval_dir, checkpoint_prefix, record, metric, train_dir=None):
@@ -270,6 +343,8 @@ class Evaluation:
         with self.graph.as_default():
             self.iterator, self.fetches = build_eval_graph(self.net, self.spec, opts)
         self.num_images = min(self.spec.num_samples, opts.max_num_images or self.spec.num_samples)
+        self.first_images = FirstImages(0)  # of the last run, for the pictures
+        self._original_images = None
 
     def run(self, checkpoint_prefix):
         """(EvaluationResult, CocoMetrics or None, used_moving_averages) of one checkpoint."""
@@ -287,11 +362,19 @@ class Evaluation:
         logging.info("Evaluating %s (%s weights) on %s/%s (%d images)", checkpoint_prefix,
                      "EMA" if used_ema else "raw", self.spec.name, self.spec.split_name, self.num_images)
         progress = progress_lib.Progress("eval", self.num_images, opts.progress_every_secs)
+        self.first_images = FirstImages(opts.num_visualized_images)
         with tf1.Session(graph=self.graph, config=config) as session:
             saver.restore(session, checkpoint_prefix)
             session.run(self.iterator.initializer)
-            run_pass(session, self.fetches, evaluator, progress)
+            run_pass(session, self.fetches, evaluator, progress, self.first_images.add_batch)
         return (*compute_results(evaluator, not opts.no_coco), used_ema)
+
+    def original_images(self):
+        """The original pixels of the pictured images (read once: the split does not change)."""
+        if self._original_images is None:
+            self._original_images = read_first_images(self.spec, min(self.opts.num_visualized_images,
+                                                                     self.num_images))
+        return self._original_images
 
 
 def evaluate_checkpoint(evaluation, checkpoint_prefix, eval_dir, writer, opts, train_dir=None, out=None):
@@ -305,6 +388,7 @@ def evaluate_checkpoint(evaluation, checkpoint_prefix, eval_dir, writer, opts, t
     print(summaries.format_table(result, coco), file=out)
     out.flush()
     record = write_results(eval_dir, writer, global_step, result, coco, checkpoint_prefix, used_ema)
+    write_pictures(writer, global_step, evaluation.original_images(), evaluation.first_images, evaluation.labels)
     if opts.keep_best:
         keep_if_best(eval_dir, checkpoint_prefix, record, opts.best_metric, train_dir)
     return record

@@ -221,7 +221,8 @@ def _train(train_dir, dataset_dir, cache_dir, steps=20):
     command = [sys.executable, os.path.join(REPO_ROOT, "train_ssd_network.py"), f"--train_dir={train_dir}",
                f"--dataset_dir={dataset_dir}", f"--image_size={IMAGE_SIZE}", "--batch_size=4",
                f"--max_number_of_steps={steps}", "--num_readers=1", "--num_preprocessing_threads=2",
-               "--moving_average_decay=0.99", "--save_summaries_secs=600", "--num_summary_images=0"]
+               "--moving_average_decay=0.99", "--save_summaries_secs=600", "--num_summary_images=0",
+               "--validation_split="]  # eval_test/ below is the evaluator's alone
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
 

@@ -70,6 +70,17 @@ def test_validation_split_and_interval():
         validation.validation_interval(3, 1.0, 100, 10)
 
 
+def test_validation_is_due_at_each_multiple_reached_and_at_the_last_step():
+    due = [step for previous, step in zip([None] + list(range(1, 12)), range(1, 13))
+           if validation.validation_due(step, previous, 5, last_step=12)]
+    assert due == [5, 10, 12]
+    # An asynchronous cluster: the chief sees 3, 7, 9, 12 (other workers ran the steps in between).
+    assert [validation.validation_due(step, previous, 5) for previous, step in [(3, 7), (7, 9), (9, 12)]] == [
+        True, False, True]
+    # A resumed run's first step validates only on a multiple.
+    assert validation.validation_due(20, None, 5) and not validation.validation_due(21, None, 5)
+
+
 def _train(train_dir, dataset_dir, cache_dir, *extra):
     env = dict(os.environ, SSD_TOWERS_CACHE=str(cache_dir), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, os.path.join(REPO_ROOT, "train_ssd_network.py"), f"--train_dir={train_dir}",
@@ -79,10 +90,21 @@ def _train(train_dir, dataset_dir, cache_dir, *extra):
     return completed, completed.stdout + completed.stderr
 
 
+def _event_tags(directory):
+    tags = set()
+    for name in os.listdir(directory):
+        if name.startswith("events.out.tfevents"):
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):
+                tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
 def _evaluate(checkpoint_prefix, eval_dir):
     records = evaluator_lib.evaluate(eval_ssd_network.default_options(
-        checkpoint_path=checkpoint_prefix, batch_size=2, eval_dir=str(eval_dir), progress_every_secs=1e9))
+        checkpoint_path=checkpoint_prefix, batch_size=2, eval_dir=str(eval_dir), progress_every_secs=1e9,
+        num_visualized_images=2))
     assert len(records) == 1
+    assert {"eval/detections/0", "eval/detections/1"} <= _event_tags(eval_dir)
     return records[0]
 
 
@@ -116,12 +138,10 @@ def test_a_run_validates_keeps_the_best_stops_early_and_agrees_with_the_evaluato
     assert [r["global_step"] for r in records] == [10, 20]
     assert records[0]["voc07_map"] > 0
     assert all(r["validation_loss"] > 0 and r["moving_averages"] is True for r in records)
-    tags = set()
-    for name in os.listdir(eval_dir):
-        if name.startswith("events.out.tfevents"):
-            for event in tf.compat.v1.train.summary_iterator(str(eval_dir / name)):
-                tags.update(value.tag for value in event.summary.value)
-    assert {"eval/mAP_VOC07", "eval/mAP_VOC_area", "eval/COCO/AP", "eval/validation_loss"} <= tags
+    # The evaluator's tags, the validation loss, and pictures of the first 3 images (the default).
+    assert {"eval/mAP_VOC07", "eval/mAP_VOC_area", "eval/COCO/AP", "eval/validation_loss", "eval/detections/0",
+            "eval/detections/2"} <= _event_tags(eval_dir)
+    assert "eval/detections/3" not in _event_tags(eval_dir)
 
     best_record = records[1] if records[1]["voc07_map"] > records[0]["voc07_map"] else records[0]
     best_step = best_record["global_step"]
@@ -162,3 +182,17 @@ def test_a_run_at_learning_rate_0_stops_early_and_ends_with_the_best_weights(sam
     best = json.loads((train_dir / "best" / "best.json").read_text())
     assert (best["global_step"], best["metric"]) == (5, "voc_area_map")
     assert tf.train.latest_checkpoint(str(train_dir)).endswith("-15")
+
+
+def test_best_json_names_the_metric_and_its_value_and_a_damaged_one_is_replaced(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "training_config.json").write_text("{}")
+    best_dir = tmp_path / "best"
+    best_dir.mkdir()
+    evaluator_lib.write_best_record(str(best_dir), {"global_step": 7, "voc07_map": 0.25}, "voc07_map",
+                                    str(tmp_path / "train"))
+    assert evaluator_lib.read_best_record(str(best_dir)) == {"global_step": 7, "voc07_map": 0.25,
+                                                             "metric": "voc07_map", "value": 0.25}
+    assert sorted(os.listdir(best_dir)) == ["best.json", "training_config.json"]
+    (best_dir / "best.json").write_text('{"global_step": 7, "voc0')  # a run killed during an older write
+    assert evaluator_lib.read_best_record(str(best_dir)) is None

@@ -221,6 +221,9 @@ class TrainingConfig:
     restore_best_at_end: bool = _option(
         False, "When the run ends (early stopping or the last step), the final checkpoint in --train_dir holds "
         "the best validated weights (and their moving averages) instead of the last ones.")
+    num_visualized_images: int = _option(
+        3, "Each validation shows the first N validation images in TensorBoard (eval_<split>/, eval/detections/<i>): "
+        "detections scoring at least 0.5 beside the ground truth (0: none).", non_negative_int())
 
     # Distributed: TensorFlow's own runtime, ps tasks + workers (deployment/cluster.py). Empty host lists: one machine.
     ps_hosts: str = _option("", "Comma-separated host:port of the parameter-server tasks.")

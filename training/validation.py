@@ -15,7 +15,8 @@ The trainer (:func:`training.trainer.train`) builds, on the chief only and befor
   in the training session and scores it with the evaluator's code (:func:`evaluation.evaluator.run_pass`,
   :func:`~evaluation.evaluator.compute_results`), so the numbers are those ``eval_ssd_network.py``
   prints for a checkpoint of the same weights. It writes the evaluator's TensorBoard tags and
-  ``metrics.jsonl`` line to ``<train_dir>/eval_<split>/`` (plus the validation loss), logs one line,
+  ``metrics.jsonl`` line to ``<train_dir>/eval_<split>/`` (plus the validation loss and pictures of the
+  first ``--num_visualized_images`` images' detections beside their ground truth), logs one line,
   saves the weights into ``<train_dir>/best/`` (a full checkpoint, with ``best.json``) when
   ``--best_metric`` improves, and asks the run to stop when :class:`EarlyStopping` says so. With
   ``--restore_best_at_end`` the last validation loads the best weights (the model variables and
@@ -72,6 +73,18 @@ def validation_interval(every_n_steps, every_n_epochs, num_samples, images_per_s
         return int(every_n_steps)
     epochs = DEFAULT_VALIDATE_EVERY_N_EPOCHS if every_n_epochs is None else every_n_epochs
     return max(1, int(round(epochs * lr_lib.steps_per_epoch(num_samples, images_per_step))))
+
+
+def validation_due(global_step, previous_step, every_n_steps, last_step=None):
+    """Whether the step that just ended at ``global_step`` (the one before ended at ``previous_step``, None
+    for a run's first) validates: when the global step reached or passed a multiple of ``every_n_steps`` (in
+    an asynchronous cluster other workers move it too, so the chief may never see the multiple itself), and
+    at ``last_step``."""
+    if last_step is not None and global_step >= last_step:
+        return True
+    if previous_step is None:
+        return global_step % every_n_steps == 0
+    return global_step // every_n_steps > previous_step // every_n_steps
 
 
 class EarlyStopping:
@@ -183,6 +196,7 @@ class ValidationSettings:
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 0.0
     restore_best_at_end: bool = False
+    num_visualized_images: int = 0
     matching_iou: float = 0.5
     voc_box_convention: str = "devkit"
     with_coco: bool = True
@@ -209,14 +223,15 @@ class ValidationHook:
                                           write_version=tf1.train.SaverDef.V2)
         self.weights_saver = tf1.train.Saver(_weights_and_averages(), save_relative_paths=True)
         self.writer = None
+        self.original_images = None
+        self.previous_step = None
         self.last_validated_step = None
-        self.records = []
 
     def due(self, global_step):
+        previous, self.previous_step = self.previous_step, global_step
         if global_step == self.last_validated_step:
             return False
-        last = self.settings.last_step
-        return global_step % self.settings.every_n_steps == 0 or (last is not None and global_step >= last)
+        return validation_due(global_step, previous, self.settings.every_n_steps, self.settings.last_step)
 
     def __call__(self, session, global_step):
         if not self.due(global_step):
@@ -240,14 +255,17 @@ class ValidationHook:
                                                           self.settings.matching_iou, self.settings.voc_box_convention)
         loss = {"sum": 0.0, "positives": 0.0}
 
-        def add_loss(values):
+        first_images = evaluator_lib.FirstImages(self.settings.num_visualized_images)
+
+        def add_loss_and_pictures(values):
             loss["sum"] += float(values["loss_sum"])
             loss["positives"] += float(values["positives"])
+            first_images.add_batch(values)
 
         # The evaluator's progress lines stay out of the training log: a validation logs one line.
         quiet = progress_lib.Progress("validation", self.spec.num_samples, log=lambda *args: None)
         session.run(self.graph.iterator.initializer)
-        evaluator_lib.run_pass(session, self.graph.fetches, evaluator, quiet, add_loss)
+        evaluator_lib.run_pass(session, self.graph.fetches, evaluator, quiet, add_loss_and_pictures)
         result, coco = evaluator_lib.compute_results(evaluator, self.settings.with_coco)
         # The multibox loss of the whole split as one batch: the sums over the batches by all their positives.
         validation_loss = loss["sum"] / max(loss["positives"], 1.0)
@@ -255,6 +273,10 @@ class ValidationHook:
             self.writer = tf1.summary.FileWriter(self.eval_dir)
         record = evaluator_lib.write_results(self.eval_dir, self.writer, global_step, result, coco, None,
                                              self.graph.used_moving_averages, {"validation_loss": validation_loss})
+        if first_images.detections:
+            if self.original_images is None:  # read once: the split does not change
+                self.original_images = evaluator_lib.read_first_images(self.spec, len(first_images.detections))
+            evaluator_lib.write_pictures(self.writer, global_step, self.original_images, first_images, self.labels)
         seconds = time.time() - start
         per_class = ", ".join(f"{cls.name} {_number(cls.voc07_ap)}" for cls in result.per_class)
         logging.info("Validation at global step %d on %s (%d images, %s weights): %s %s, VOC07 AP by class: %s; "
@@ -262,7 +284,6 @@ class ValidationHook:
                      "EMA" if self.graph.used_moving_averages else "raw", self.settings.best_metric,
                      _number(record.get(self.settings.best_metric)), per_class, validation_loss, seconds)
         self.last_validated_step = global_step
-        self.records.append(record)
         return record
 
     def _beats_best(self, value):
@@ -276,13 +297,14 @@ class ValidationHook:
         tf.io.gfile.makedirs(self.best_dir)
         prefix = self.best_saver.save(session, os.path.join(self.best_dir, BEST_CHECKPOINT_NAME),
                                       global_step=global_step, write_meta_graph=False)
+        record = {**record, "checkpoint_path": prefix}
+        evaluator_lib.write_best_record(self.best_dir, record, self.settings.best_metric, self.train_dir)
+        self.best_record = record
+        # Only once best.json names the new checkpoint: a run killed in between keeps a consistent best/.
         kept = os.path.basename(prefix)
         for path in tf.io.gfile.glob(os.path.join(self.best_dir, BEST_CHECKPOINT_NAME + "-*")):
             if not os.path.basename(path).startswith(kept + "."):
                 tf.io.gfile.remove(path)  # an earlier best, maybe of an earlier run
-        record = {**record, "checkpoint_path": prefix}
-        evaluator_lib.write_best_record(self.best_dir, record, self.settings.best_metric, self.train_dir)
-        self.best_record = record
         logging.info("New best by %s (%s) at global step %d: saved in %s", self.settings.best_metric,
                      _number(record.get(self.settings.best_metric)), global_step, self.best_dir)
 
@@ -342,7 +364,8 @@ def validation_hook_for(config, net, train_spec, deploy_config, images_per_step,
                                           train_spec.num_samples, images_per_step),
         last_step=last_step, best_metric=config.best_metric,
         early_stopping_patience=config.early_stopping_patience,
-        early_stopping_min_delta=config.early_stopping_min_delta, restore_best_at_end=config.restore_best_at_end)
+        early_stopping_min_delta=config.early_stopping_min_delta, restore_best_at_end=config.restore_best_at_end,
+        num_visualized_images=config.num_visualized_images)
     graph = build_validation_graph(
         net, spec, batch_size=config.batch_size, data_format=config.data_format, moving_average=moving_average,
         match_threshold=config.match_threshold, negative_threshold=config.negative_threshold,
