@@ -124,7 +124,7 @@ def test_progress_says_step_epoch_and_eta_when_the_run_has_an_end():
 def test_run_summary_says_why_the_run_stopped_and_the_best_checkpoint(tmp_path):
     os.makedirs(tmp_path / "best")
     (tmp_path / "best" / "best.json").write_text(json.dumps({"global_step": 30, "metric": "mAP_VOC07",
-                                                             "mAP_VOC07": 0.61}))
+                                                             "mAP_VOC07": 0.61, "per_class": {"a": 0.5}}))
     reason = run_summary.stop_reason_of(None, None, 50, 50, "--num_epochs")
     summary = run_summary.summarize(str(tmp_path), 10, 50, 1000.0, 8, 20.0, reason, ended_at=1160.0)
     assert summary == {"first_global_step": 11, "last_global_step": 50, "steps": 40, "first_epoch": 0.5,
@@ -173,7 +173,8 @@ def test_num_epochs_stops_at_its_step_logs_progress_and_writes_the_run_summary(t
     assert summary["stop_reason"] == "reached --num_epochs (global step 3)"
     # In-run validation, when on, replaces the file written above: the summary has what is there at the end.
     best = json.load(open(train_dir / "best" / "best.json"))
-    assert summary["best"] == best and "global_step" in best
+    assert summary["best"] == {key: best[key] for key in ("global_step", "metric", best["metric"], "checkpoint_path")
+                               if key in best}
     assert "Run summary: global steps 1..3 (3 steps" in log
     assert f"best {best['metric']} {best[best['metric']]} at global step {best['global_step']}" in log
 
@@ -235,3 +236,21 @@ def test_unfreeze_at_step_trains_the_scopes_first_then_the_whole_network(tmp_pat
                      r"warmup \(trainable variables: \d+ -> \d+\)", caplog.text), caplog.text
     counts = _event_values(str(tmp_path), "trainable_variables")
     assert counts[1] == counts[2] == len(first) and counts[3] == len(parts.train.grads_and_vars), counts
+
+
+def test_a_failing_run_still_writes_its_summary_with_the_error(tmp_path):
+    class StepFunction:  # what make_train_step_fn's function keeps, after 4 steps from global step 10
+        stop_reason, first_global_step, last_global_step, started_at = None, 10, 14, 0.0
+
+    config = TrainingConfig(train_dir=str(tmp_path), max_number_of_steps=100)
+    with pytest.raises(OSError, match="No space left"):
+        with trainer._run_summary_at_end(config, StepFunction, True, 8, 20.0, 100):
+            raise OSError("No space left on device\nsecond line")
+    summary = json.load(open(tmp_path / "run_summary.json"))
+    assert summary["stop_reason"] == "failed: OSError: No space left on device"
+    assert (summary["first_global_step"], summary["last_global_step"], summary["steps"]) == (11, 14, 4)
+    # A worker that is not the chief writes nothing.
+    with trainer._run_summary_at_end(config.replace(train_dir=str(tmp_path / "worker")), StepFunction, False, 8,
+                                     20.0, 100):
+        pass
+    assert not os.path.exists(tmp_path / "worker" / "run_summary.json")

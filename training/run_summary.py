@@ -9,8 +9,9 @@ and also when it is interrupted or fails (then the reason is the exception's one
 * ``wall_seconds`` from the start of the first step to the end, ``images_per_second`` over it;
 * ``stop_reason``: the step function's ``stop_reason`` (a time limit, validation's early stop...),
   else the run's end (``--max_number_of_steps``/``--num_epochs``), an interruption or a failure;
-* ``best``: ``<train_dir>/best/best.json`` as validation wrote it (``global_step``, ``metric`` and
-  the metric's value), when it exists.
+* ``best``: from ``<train_dir>/best/best.json`` as validation wrote it, when it exists: its
+  ``global_step``, ``metric``, the metric's value and ``checkpoint_path`` (the per-class details stay
+  in best.json).
 """
 
 import json
@@ -40,7 +41,8 @@ def stop_reason_of(step_reason, error, last_global_step, last_step, end_flag):
 
 
 def read_best(train_dir):
-    """``<train_dir>/best/best.json`` as a dict, or None when it does not exist or cannot be read."""
+    """From ``<train_dir>/best/best.json``: its global step, metric name and value and checkpoint path, or None
+    when it does not exist or cannot be read."""
     path = os.path.join(train_dir, BEST_FILE)
     try:
         if not tf.io.gfile.exists(path):
@@ -50,7 +52,10 @@ def read_best(train_dir):
     except (OSError, ValueError, tf.errors.OpError) as error:
         logging.warning("%s: cannot read the best checkpoint's record (%s)", path, error)
         return None
-    return best if isinstance(best, dict) else None
+    if not isinstance(best, dict):
+        return None
+    return {key: best[key] for key in ("global_step", "metric", best.get("metric"), "checkpoint_path")
+            if key in best}
 
 
 def summarize(train_dir, start_global_step, last_global_step, started_at, images_per_step, steps_per_epoch,
