@@ -352,7 +352,9 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     ``after_step_hooks``: callables ``hook(session, global_step_value)`` run after each step (in
     order; e.g. validation), each returning None or the reason to stop training now (then
     ``slim.learning.train`` saves a final checkpoint). The reason the run stopped, if any of these
-    rules stopped it, is the step function's ``stop_reason`` attribute (None otherwise).
+    rules stopped it, is the step function's ``stop_reason`` attribute (None otherwise). A hook with an
+    ``at_end(session, global_step)`` method has it called after the step the run stops on, whatever
+    stopped it (the last step, a hook, the time limit), before the final checkpoint is saved.
 
     For the run's summary the step function also keeps ``first_global_step`` (the global step when
     the run's first step started), ``last_global_step`` (after its last step) and ``started_at``
@@ -444,6 +446,11 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
             logging.info("Stopping after global step %d: %s", np_global_step, reason)
             train_step_fn.stop_reason = reason
             should_stop = True
+        if should_stop:
+            for hook in after_step_hooks:
+                at_end = getattr(hook, "at_end", None)
+                if at_end is not None:
+                    at_end(session, np_global_step)
         return total_loss, should_stop
 
     train_step_fn.stop_reason = None

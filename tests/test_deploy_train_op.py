@@ -104,9 +104,13 @@ def test_time_limit_stops_training_with_a_final_checkpoint(tmp_path, caplog):
 def test_an_after_step_hook_stops_training_with_its_reason_and_a_final_checkpoint(tmp_path, caplog):
     seen = []
 
+    ended = []
+
     def stop_at_step_3(session, global_step):
         seen.append(global_step)
         return "the hook says so" if global_step >= 3 else None
+
+    stop_at_step_3.at_end = lambda session, global_step: ended.append(global_step)
 
     with tf.Graph().as_default():
         _, _, train = build(num_clones=1)
@@ -115,6 +119,7 @@ def test_an_after_step_hook_stops_training_with_its_reason_and_a_final_checkpoin
             slim.learning.train(train.train_tensor, str(tmp_path / "train"), number_of_steps=100,
                                 train_step_fn=step_fn, save_summaries_secs=0, save_interval_secs=3600)
     assert seen == [1, 2, 3] and step_fn.stop_reason == "the hook says so"
+    assert ended == [3]
     assert tf.train.latest_checkpoint(str(tmp_path / "train")).endswith("model.ckpt-3")
     assert any(r.getMessage() == "Stopping after global step 3: the hook says so" for r in caplog.records)
 

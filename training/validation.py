@@ -19,8 +19,9 @@ The trainer (:func:`training.trainer.train`) builds, on the chief only and befor
   first ``--num_visualized_images`` images' detections beside their ground truth), logs one line,
   saves the weights into ``<train_dir>/best/`` (a full checkpoint, with ``best.json``) when
   ``--best_metric`` improves, and asks the run to stop when :class:`EarlyStopping` says so. With
-  ``--restore_best_at_end`` the last validation loads the best weights (the model variables and
-  their averages; the optimizer state and the global step stay) before the trainer's final save.
+  ``--restore_best_at_end``, when the run stops (its last step, early stopping or the time limit:
+  the hook's ``at_end``) the best weights are loaded (the model variables and their averages; the
+  optimizer state and the global step stay) before the trainer's final save.
 """
 
 import dataclasses
@@ -236,17 +237,25 @@ class ValidationHook:
     def __call__(self, session, global_step):
         if not self.due(global_step):
             return None
-        record = self.validate(session, global_step)
+        self._validate_and_keep(session, global_step)
         metric = self.settings.best_metric
-        value = record.get(metric)
+        return self.early_stopping.reason(metric) if self.early_stopping.should_stop else None
+
+    def at_end(self, session, global_step):
+        """The run stops after this step, for whatever reason (its last step, early stopping, the time
+        limit): the final weights are validated if they were not, then, with --restore_best_at_end,
+        the best weights are loaded for the trainer's final save."""
+        if global_step != self.last_validated_step:
+            self._validate_and_keep(session, global_step)
+        if self.settings.restore_best_at_end:
+            self.restore_best(session, global_step)
+
+    def _validate_and_keep(self, session, global_step):
+        record = self.validate(session, global_step)
+        value = record.get(self.settings.best_metric)
         if self._beats_best(value):
             self._save_best(session, global_step, record)
         self.early_stopping.update(value)
-        reason = self.early_stopping.reason(metric) if self.early_stopping.should_stop else None
-        last = self.settings.last_step
-        if self.settings.restore_best_at_end and (reason or (last is not None and global_step >= last)):
-            self.restore_best(session, global_step)
-        return reason
 
     def validate(self, session, global_step):
         """One pass over the split with the current weights; writes and logs it; returns the metrics record."""
