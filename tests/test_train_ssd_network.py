@@ -79,7 +79,9 @@ def test_each_tower_gets_its_own_batch_and_a_step_runs(two_clone_graph):
 def _train(train_dir, *extra, env_dir):
     command = [sys.executable, os.path.join(REPO_ROOT, "train_ssd_network.py"), f"--train_dir={train_dir}",
                "--image_size=96", "--batch_size=4", "--num_readers=1", "--num_preprocessing_threads=2",
-               "--num_summary_images=2", "--log_every_n_steps=1", "--save_summaries_secs=1", *extra]
+               "--num_summary_images=2", "--log_every_n_steps=1", "--save_summaries_secs=1",
+               # In-run validation has its own tests (test_training_validation.py); these time the rest.
+               "--validation_split=", *extra]
     env = dict(os.environ, SSD_TOWERS_CACHE=str(env_dir), TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=str(env_dir))
     return result, result.stdout + result.stderr
