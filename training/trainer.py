@@ -56,6 +56,9 @@ def train(config):
     network = graph_lib.build_network(config, spec.num_classes)
     training_plan = plan_lib.resolve_training_plan(config, network.name, spec.num_samples, images_per_step)
     last_step = plan_lib.last_global_step(config, spec.num_samples, images_per_step)
+    # Only the chief validates (once, not per tower): the best weights and the stop are the run's.
+    validation_plan = (validation_lib.plan_validation(config, spec, images_per_step, last_step)
+                       if machine.is_chief else None)
     if machine.is_chief:
         logging.info("%s", anchor_coverage.coverage_report(
             network, spec, config.match_threshold, config.negative_threshold,
@@ -86,12 +89,9 @@ def train(config):
                                 keep_checkpoint_every_n_hours=config.keep_checkpoint_every_n_hours,
                                 write_version=tf1.train.SaverDef.V2)
         after_step_hooks = []  # rules run after each step that may end the run (validation, early stopping)
-        if machine.is_chief:
-            # Only the chief validates (once, not per tower): the best weights and the stop are the run's.
-            validation = validation_lib.validation_hook_for(config, parts.net, spec, deploy_config, images_per_step,
-                                                            parts.train.moving_average, last_step)
-            if validation is not None:
-                after_step_hooks.append(validation)
+        if validation_plan is not None:
+            after_step_hooks.append(validation_lib.validation_hook_for(
+                validation_plan, config, parts.net, deploy_config, parts.train.moving_average))
         steps_per_epoch = lr_lib.steps_per_epoch(spec.num_samples, images_per_step)
         step_fn, summary_writer = make_train_step_fn(config, parts, training_plan, machine.is_chief,
                                                      after_step_hooks, steps_per_epoch, last_step)

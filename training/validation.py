@@ -359,9 +359,17 @@ def describe(settings, num_images):
     return ", ".join(parts)
 
 
-def validation_hook_for(config, net, train_spec, deploy_config, images_per_step, moving_average, last_step):
-    """The trainer's :class:`ValidationHook` (graph built in the default graph), or None when validation is
-    off; logs the start-up line saying which split is validated, or why none."""
+@dataclasses.dataclass(frozen=True)
+class ValidationPlan:
+    """What the run validates, decided before any graph is built (a bad --validation_split fails then)."""
+
+    spec: object  # the validation split's datasets.dataset_factory.DatasetSpec
+    settings: ValidationSettings
+    why: str  # the start-up line's reason
+
+
+def plan_validation(config, train_spec, images_per_step, last_step):
+    """The :class:`ValidationPlan` of the options, or None when validation is off (logged, with why)."""
     split, why = resolve_validation_split(config.validation_split, (train_spec.info or {}).get("splits", {}))
     if split is None:
         logging.info("%s", why)
@@ -375,12 +383,18 @@ def validation_hook_for(config, net, train_spec, deploy_config, images_per_step,
         early_stopping_patience=config.early_stopping_patience,
         early_stopping_min_delta=config.early_stopping_min_delta, restore_best_at_end=config.restore_best_at_end,
         num_visualized_images=config.num_visualized_images)
+    return ValidationPlan(spec, settings, why)
+
+
+def validation_hook_for(plan, config, net, deploy_config, moving_average):
+    """The trainer's :class:`ValidationHook` for ``plan`` (its graph built in the default graph)."""
+    spec = plan.spec
     graph = build_validation_graph(
         net, spec, batch_size=config.batch_size, data_format=config.data_format, moving_average=moving_average,
         match_threshold=config.match_threshold, negative_threshold=config.negative_threshold,
         negative_ratio=config.negative_ratio, loss_alpha=config.loss_alpha, label_smoothing=config.label_smoothing,
         num_threads=config.num_preprocessing_threads, inputs_device=deploy_config.inputs_device(),
         network_device=deploy_config.clone_device(0))
-    logging.info("%s: %s", why, describe(settings, spec.num_samples))
-    return ValidationHook(graph, settings, spec, ssd_eval.labels_for(None, spec.num_classes, spec.labels_to_names),
-                          config.train_dir)
+    logging.info("%s: %s", plan.why, describe(plan.settings, spec.num_samples))
+    return ValidationHook(graph, plan.settings, spec,
+                          ssd_eval.labels_for(None, spec.num_classes, spec.labels_to_names), config.train_dir)
