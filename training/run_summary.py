@@ -18,11 +18,12 @@ import json
 import os
 import time
 
-from absl import logging
 import tensorflow as tf
 
+import command_line
+from evaluation import evaluator
+
 SUMMARY_FILE = "run_summary.json"
-BEST_FILE = os.path.join("best", "best.json")
 
 
 def stop_reason_of(step_reason, error, last_global_step, last_step, end_flag):
@@ -31,8 +32,7 @@ def stop_reason_of(step_reason, error, last_global_step, last_step, end_flag):
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (KeyboardInterrupt)"
     if error is not None:
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return f"failed: {type(error).__name__}" + (f": {first_line}" if first_line else "")
+        return f"failed: {type(error).__name__}: {command_line.first_line(error)}"
     if step_reason:
         return step_reason
     if last_step is not None and last_global_step is not None and last_global_step >= last_step:
@@ -41,18 +41,10 @@ def stop_reason_of(step_reason, error, last_global_step, last_step, end_flag):
 
 
 def read_best(train_dir):
-    """From ``<train_dir>/best/best.json``: its global step, metric name and value and checkpoint path, or None
-    when it does not exist or cannot be read."""
-    path = os.path.join(train_dir, BEST_FILE)
-    try:
-        if not tf.io.gfile.exists(path):
-            return None
-        with tf.io.gfile.GFile(path, "r") as stream:
-            best = json.load(stream)
-    except (OSError, ValueError, tf.errors.OpError) as error:
-        logging.warning("%s: cannot read the best checkpoint's record (%s)", path, error)
-        return None
-    if not isinstance(best, dict):
+    """From ``<train_dir>/best/best.json`` (:func:`evaluation.evaluator.read_best_record`): its global step,
+    metric name and value and checkpoint path, or None when there is none or it cannot be read."""
+    best = evaluator.read_best_record(os.path.join(train_dir, evaluator.BEST_DIR))
+    if best is None:
         return None
     return {key: best[key] for key in ("global_step", "metric", best.get("metric"), "checkpoint_path")
             if key in best}
