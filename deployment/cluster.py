@@ -102,8 +102,10 @@ class ClusterSettings:
                 f"{' (chief)' if self.is_chief else ''} of {self.num_ps_tasks} ps + {self.num_workers} worker(s)")
 
 
-def parse_host_list(text, flag_name):
-    """``'h1:p1,h2:p2'`` (or a list of entries) -> ('h1:p1', 'h2:p2'); ClusterError naming ``flag_name``."""
+def parse_host_list(text, flag_name, source=None):
+    """``'h1:p1,h2:p2'`` (or a list of entries) -> ('h1:p1', 'h2:p2'); ClusterError naming ``--flag_name``
+    (or ``source``, e.g. "TF_CONFIG's cluster.worker", for hosts that came from elsewhere)."""
+    source = source or f"--{flag_name}"
     if text is None or (isinstance(text, str) and not text.strip()):
         return ()
     entries = text if isinstance(text, (list, tuple)) else str(text).split(",")
@@ -111,7 +113,8 @@ def parse_host_list(text, flag_name):
     for raw in entries:
         entry = str(raw).strip()
         if not entry:
-            raise ClusterError(f"--{flag_name}={text!r}: empty entry; expected comma-separated host:port")
+            expected = "host:port entries" if isinstance(text, (list, tuple)) else "comma-separated host:port"
+            raise ClusterError(f"{source}={text!r}: empty entry; expected {expected}")
         host, sep, port_text = entry.rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host_name = host[1:-1]
@@ -119,17 +122,17 @@ def parse_host_list(text, flag_name):
             host_name = host
         if not sep or not host_name or ":" in host and not host.startswith("["):
             raise ClusterError(
-                f"--{flag_name}: {entry!r} is not host:port (IPv6 hosts go in brackets, e.g. [::1]:2222)")
+                f"{source}: {entry!r} is not host:port (IPv6 hosts go in brackets, e.g. [::1]:2222)")
         try:
             port = int(port_text)
         except ValueError:
             port = -1
         if not 1 <= port <= 65535:
-            raise ClusterError(f"--{flag_name}: {entry!r} has port {port_text!r}; expected an integer in [1, 65535]")
+            raise ClusterError(f"{source}: {entry!r} has port {port_text!r}; expected an integer in [1, 65535]")
         hosts.append(f"{host}:{port}")
     duplicates = sorted({h for h in hosts if hosts.count(h) > 1})
     if duplicates:
-        raise ClusterError(f"--{flag_name} lists {', '.join(duplicates)} more than once")
+        raise ClusterError(f"{source} lists {', '.join(duplicates)} more than once")
     return tuple(hosts)
 
 

@@ -1,8 +1,9 @@
 """Where a training run executes, behind one interface: this machine alone, or a task of a cluster.
 
-:func:`machines_for` returns
+:func:`machines_for` reads the cluster from the flags, else from the ``TF_CONFIG`` environment variable
+that Kubernetes (Kubeflow's TFJob) and managed training services set (:mod:`deployment.tf_config`), and returns
 
-* :class:`LocalMachine` when no cluster flags are given: the deployment is one replica and every
+* :class:`LocalMachine` when neither describes a cluster: the deployment is one replica and every
   hook is a no-op;
 * :class:`ClusterWorker` for ``--job_name=worker``: it starts this task's server (TensorFlow's own
   distributed runtime, :mod:`deployment.cluster`), waits for the ps tasks, deploys its replica with
@@ -18,7 +19,7 @@ import contextlib
 
 from absl import logging
 
-from deployment import cluster, deployment_checks, devices, model_deploy
+from deployment import cluster, deployment_checks, devices, model_deploy, tf_config
 from tf_compat import tf1
 
 
@@ -143,8 +144,9 @@ def deployment_for(config, **replica):
 
 
 def machines_for(config):
-    """The :class:`LocalMachine`, :class:`ClusterWorker` or :class:`ParameterServer` the flags describe."""
-    settings = cluster.settings_from_flags(config.ps_hosts, config.worker_hosts, config.job_name, config.task_index)
+    """The :class:`LocalMachine`, :class:`ClusterWorker` or :class:`ParameterServer` the cluster flags describe,
+    else the ``TF_CONFIG`` environment variable (:mod:`deployment.tf_config`)."""
+    settings = tf_config.cluster_settings(config.ps_hosts, config.worker_hosts, config.job_name, config.task_index)
     if settings is not None and settings.job_name == cluster.PS_JOB:
         return ParameterServer(settings)
     if _cpu_device_per_clone(config):

@@ -1,0 +1,167 @@
+"""deployment/tf_config.py: the cluster from TF_CONFIG (Kubeflow's TFJob), its mapping, its errors, flags
+against TF_CONFIG."""
+
+import json
+
+import pytest
+
+import train_ssd_network
+from deployment import cluster, tf_config
+
+PS = ["ps-0:2222", "ps-1:2222"]
+CHIEF = ["chief-0:2222"]
+WORKERS = ["worker-0:2222", "worker-1:2222"]
+
+
+def _tf_config(task_type, index=None, jobs=None, **more):
+    task = {"type": task_type} if index is None else {"type": task_type, "index": index}
+    return json.dumps({"cluster": jobs or {"chief": CHIEF, "worker": WORKERS, "ps": PS}, "task": task, **more})
+
+
+def _settings(text, ps_hosts="", worker_hosts="", job_name="", task_index=0):
+    return tf_config.cluster_settings(ps_hosts, worker_hosts, job_name, task_index, {"TF_CONFIG": text})
+
+
+# ----------------------------------------------------------------------------- mapping
+
+
+@pytest.mark.parametrize("task_type, index, job, trainer_index", [
+    ("chief", 0, "worker", 0),
+    ("worker", 0, "worker", 1),
+    ("worker", 1, "worker", 2),
+    ("ps", 1, "ps", 1),
+])
+def test_the_chief_is_worker_0_and_workers_follow_it(task_type, index, job, trainer_index, caplog):
+    caplog.set_level("INFO")
+    settings = _settings(_tf_config(task_type, index))
+    assert settings == cluster.ClusterSettings(tuple(PS), tuple(CHIEF + WORKERS), job, trainer_index)
+    assert settings.is_chief == (task_type == "chief")
+    line = f"The cluster comes from TF_CONFIG: its task {task_type}:{index} is {settings.describe()}"
+    assert line in caplog.text and "of 2 ps + 3 worker(s)" in line
+
+
+def test_without_a_chief_worker_0_is_the_chief_as_with_the_flags():
+    settings = _settings(_tf_config("worker", 0, {"worker": WORKERS, "ps": PS}))
+    assert settings == cluster.settings_from_flags(",".join(PS), ",".join(WORKERS), "worker", 0)
+    assert settings.is_chief
+
+
+def test_master_is_the_chief_s_old_name_an_evaluator_is_left_out_and_a_chief_needs_no_index():
+    jobs = {"master": CHIEF, "worker": WORKERS[:1], "ps": PS[:1], "evaluator": ["eval-0:2222"]}
+    assert _settings(_tf_config("master", None, jobs)) == cluster.ClusterSettings(
+        tuple(PS[:1]), tuple(CHIEF + WORKERS[:1]), "worker", 0)
+    extra = json.dumps({"cluster": jobs, "task": {"type": "worker", "index": "0"}, "environment": "cloud",
+                        "rpc_layer": "grpc", "job": {"args": ["--x"]}})  # what managed services add
+    assert _settings(extra).task_index == 1
+
+
+@pytest.mark.parametrize("text", [None, "", "  ", "{}", '{"cluster": {}}', '{"cluster": {}, "task": {}}'])
+def test_no_tf_config_or_no_cluster_in_it_is_this_machine(text, caplog):
+    caplog.set_level("INFO")
+    environ = {} if text is None else {"TF_CONFIG": text}
+    assert tf_config.cluster_settings("", "", "", 0, environ) is None
+    assert ("describes no cluster: training on this machine alone" in caplog.text) == bool(text and text.strip())
+
+
+def test_one_chief_or_worker_and_no_ps_trains_on_this_machine(caplog):
+    """What a one-replica job of a managed service gets: not an error, one machine."""
+    caplog.set_level("INFO")
+    assert _settings(_tf_config("chief", 0, {"chief": CHIEF})) is None
+    assert _settings(_tf_config("worker", 0, {"worker": WORKERS[:1]})) is None
+    assert "TF_CONFIG describes one chief (task chief:0) and no ps: training on this machine alone" in caplog.text
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("{", "not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+    ('["chief"]', "expected a JSON object with 'cluster' and 'task'"),
+    ('{"cluster": ["a:1"]}', "'cluster' must be an object of job name -> list of host:port"),
+    (json.dumps({"cluster": {"chief": CHIEF, "ps": PS}}), "no 'task': each process needs its own \"task\""),
+    (json.dumps({"cluster": {"chief": CHIEF, "ps": PS}, "task": {"index": 0}}), "the task has no type"),
+    (_tf_config("evaluator", 0), "eval_ssd_network.py --checkpoint_path=<the chief's --train_dir> "
+                                 "--wait_for_checkpoints"),
+    (_tf_config("trainer", 0), "task type 'trainer' is not one this trainer runs (ps, worker, chief, master)"),
+    (_tf_config("worker", 2), "task worker:2 is out of range: cluster.worker lists 2 host(s), so the index must be "
+                              "in [0, 1]"),
+    (_tf_config("chief", 1), "task chief:1 is out of range: cluster.chief lists 1 host(s)"),
+    (_tf_config("worker", -1), "task worker:-1 is out of range"),
+    (_tf_config("worker", None), "task 'worker' has index None; expected an integer"),
+    (_tf_config("worker", 1.5), "task 'worker' has index 1.5; expected an integer"),
+    (_tf_config("ps", 0, {"ps": PS}), "the cluster has no chief and no worker (jobs: ps)"),
+    (_tf_config("ps", 0, {"ps": PS, "evaluator": ["e:1"]}), "the cluster has no chief and no worker"),
+    (_tf_config("chief", 0, {"chief": CHIEF + WORKERS[:1], "ps": PS}),
+     "cluster.chief lists 2 hosts (chief-0:2222, worker-0:2222); a cluster has one chief (worker 0)"),
+    (_tf_config("chief", 0, {"chief": CHIEF, "master": WORKERS[:1], "ps": PS}), "both a 'chief' and a 'master'"),
+    (_tf_config("worker", 0, {"worker": WORKERS}), "the cluster has 2 chief/worker tasks and no ps"),
+    (_tf_config("chief", 0, {"chief": CHIEF, "ps": CHIEF}), "chief-0:2222 is both a ps and a chief or worker"),
+    (_tf_config("chief", 0, {"chief": CHIEF, "ps": ["ps-0"]}), "TF_CONFIG's cluster.ps: 'ps-0' is not host:port"),
+    (_tf_config("chief", 0, {"chief": CHIEF, "ps": PS + PS[:1]}), "TF_CONFIG's cluster.ps lists ps-0:2222 more "
+                                                                  "than once"),
+    (_tf_config("chief", 0, {"chief": CHIEF, "ps": "ps-0:2222"}), "cluster.ps must be a list of host:port"),
+    (_tf_config("chief", 0, {"chief": CHIEF, "ps": PS, "workers": WORKERS}),
+     "the cluster has job(s) 'workers'; this trainer runs ps, worker, chief, master tasks"),
+    (_tf_config("chief", 0, rpc_layer="grpc+verbs"), "rpc_layer 'grpc+verbs' is not supported"),
+])
+def test_errors_are_one_line_naming_tf_config_and_the_fault(text, fragment):
+    with pytest.raises(cluster.ClusterError) as info:
+        _settings(text)
+    message = str(info.value)
+    assert "TF_CONFIG" in message and fragment in message and "\n" not in message, message
+
+
+# ----------------------------------------------------------------------------- flags and TF_CONFIG together
+
+
+def test_flags_that_describe_the_same_cluster_and_task_win_with_one_line(caplog):
+    caplog.set_level("INFO")
+    settings = _settings(_tf_config("worker", 1), ",".join(PS), ",".join(CHIEF + WORKERS), "worker", 2)
+    assert settings == cluster.ClusterSettings(tuple(PS), tuple(CHIEF + WORKERS), "worker", 2)
+    assert ("The cluster flags and TF_CONFIG (task worker:1) describe the same cluster and task: worker task 2 at "
+            "worker-1:2222 of 2 ps + 3 worker(s), from the flags") in caplog.text
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    # The chief is TF_CONFIG's first worker: flags listing it last describe another cluster.
+    ((PS, WORKERS + CHIEF, "worker", 0),
+     ["--worker_hosts=worker-0:2222,worker-1:2222,chief-0:2222 but TF_CONFIG's workers (its chief, then its "
+      "workers) are chief-0:2222,worker-0:2222,worker-1:2222",
+      "--job_name=worker --task_index=0 but TF_CONFIG's task worker:1 is worker task 2"]),
+    ((PS[:1], CHIEF + WORKERS, "worker", 2), ["--ps_hosts=ps-0:2222 but TF_CONFIG's ps are ps-0:2222,ps-1:2222"]),
+    ((PS, CHIEF + WORKERS, "ps", 1), ["--job_name=ps --task_index=1 but TF_CONFIG's task worker:1 is worker task 2"]),
+    # Addresses are compared as written (no name resolution).
+    ((PS, ["chief-0:2222", "worker-0:2222", "localhost:2222"], "worker", 2), ["--worker_hosts="]),
+])
+def test_flags_that_contradict_tf_config_are_an_error_naming_both_values(flags, fragments):
+    ps, workers, job, index = flags
+    with pytest.raises(cluster.ClusterError) as info:
+        _settings(_tf_config("worker", 1), ",".join(ps), ",".join(workers), job, index)
+    message = str(info.value)
+    assert message.startswith("the cluster flags and TF_CONFIG disagree: ") and "\n" not in message
+    assert message.endswith("(unset TF_CONFIG or drop the cluster flags)")
+    assert all(fragment in message for fragment in fragments), message
+
+
+def test_flags_against_a_one_machine_tf_config_disagree_and_a_malformed_one_is_not_ignored():
+    with pytest.raises(cluster.ClusterError, match="--ps_hosts=ps-0:2222 but TF_CONFIG's ps are none"):
+        _settings(_tf_config("chief", 0, {"chief": CHIEF}), PS[0], CHIEF[0], "worker", 0)
+    with pytest.raises(cluster.ClusterError, match="TF_CONFIG: not valid JSON"):
+        _settings("{", ",".join(PS), ",".join(CHIEF), "worker", 0)
+    # A TF_CONFIG without a cluster describes nothing to contradict.
+    assert _settings("{}", PS[0], CHIEF[0], "worker", 0) == cluster.ClusterSettings((PS[0],), (CHIEF[0],), "worker", 0)
+
+
+def test_a_job_name_without_host_lists_must_name_tf_config_s_task():
+    assert _settings(_tf_config("worker", 0), job_name="worker", task_index=1).task_index == 1
+    with pytest.raises(cluster.ClusterError) as info:
+        _settings(_tf_config("worker", 0), job_name="worker", task_index=0)
+    assert str(info.value) == ("the flags and TF_CONFIG disagree: --job_name=worker --task_index=0 but TF_CONFIG's "
+                               "task worker:0 is worker task 1 (drop --job_name and --task_index: TF_CONFIG gives "
+                               "the task)")
+
+
+def test_the_trainer_reports_a_bad_tf_config_in_one_line_with_status_2(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TF_CONFIG", _tf_config("evaluator", 0))
+    with pytest.raises(SystemExit) as info:
+        train_ssd_network.main([f"--train_dir={tmp_path / 'train'}"])
+    assert info.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("TF_CONFIG: this process is the evaluator"), errors
