@@ -1,19 +1,24 @@
 #!/usr/bin/env python
 """Starts a local cluster of N ps + M workers of train_ssd_network.py on 127.0.0.1, to try it on one box.
 
-    python launch_local_cluster.py --num_ps=1 --num_workers=2 [--log_dir=DIR] -- \\
+    python launch_local_cluster.py --num_ps=1 --num_workers=2 [--log_dir=DIR] [--via_tf_config] -- \\
         --train_dir=/tmp/dist --max_number_of_steps=100 --sync_replicas [other trainer flags]
 
 Every task is a separate process listening on a free port of 127.0.0.1 (chosen by the OS), with
 the same ``--ps_hosts``/``--worker_hosts`` and its own ``--job_name``/``--task_index``; the flags
-after ``--`` go to every task. Each task's output goes to ``<log_dir>/<job>_<index>.log``. The
-launcher waits for the workers, then stops the ps tasks (they serve forever) and exits with the
-first non-zero worker status (0 if all succeeded). Ctrl-C, SIGTERM or a launcher error stops every
-task it started (SIGTERM, then SIGKILL after a grace period).
+after ``--`` go to every task. With ``--via_tf_config`` the tasks get no cluster flags but a
+``TF_CONFIG`` environment variable each, as Kubernetes (Kubeflow's TFJob) would give them: worker 0
+is TF_CONFIG's ``chief``, worker i its ``worker`` i - 1 (docs/tfjob.yaml). An inherited
+``TF_CONFIG`` is never passed on: the launcher describes the cluster itself. Each task's output
+goes to ``<log_dir>/<job>_<index>.log``. The launcher waits for the workers, then stops the ps
+tasks (they serve forever) and exits with the first non-zero worker status (0 if all succeeded).
+Ctrl-C, SIGTERM or a launcher error stops every task it started (SIGTERM, then SIGKILL after a
+grace period).
 
 On a real cluster run the same trainer command on each machine instead (README: multi-machine).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -51,10 +56,13 @@ class LocalCluster:
     """N ps + M worker processes of the trainer on loopback; also the fault tests' handle.
 
     Use as a context manager (every child is killed on exit). ``trainer_args`` are forwarded to
-    every task; ``env`` updates the children's environment.
+    every task; ``env`` updates the children's environment. ``via_tf_config``: each task learns the
+    cluster from ``TF_CONFIG`` (:meth:`tf_config`) instead of the cluster flags; tasks keep the
+    trainer's names (``worker`` 0 is the chief) in :meth:`start`, :meth:`kill` and the log names.
     """
 
-    def __init__(self, num_ps, num_workers, trainer_args=(), log_dir=None, env=None, python=None, trainer=TRAINER):
+    def __init__(self, num_ps, num_workers, trainer_args=(), log_dir=None, env=None, python=None, trainer=TRAINER,
+                 via_tf_config=False):
         if num_ps < 1 or num_workers < 1:
             raise ValueError(f"a cluster needs >= 1 ps and >= 1 worker, got {num_ps} ps, {num_workers} workers")
         clashing = [a for a in trainer_args if a.split("=")[0] in _CLUSTER_FLAGS]
@@ -66,7 +74,10 @@ class LocalCluster:
         self.trainer_args = list(trainer_args)
         self.log_dir = log_dir or tempfile.mkdtemp(prefix="ssd_towers_cluster_")
         os.makedirs(self.log_dir, exist_ok=True)
-        self.env = dict(os.environ, **(env or {}))
+        # An inherited TF_CONFIG would describe another cluster than the one launched here.
+        self.env = {name: value for name, value in os.environ.items() if name != "TF_CONFIG"}
+        self.env.update(env or {})
+        self.via_tf_config = via_tf_config
         self.python = python or sys.executable
         self.trainer = trainer
         self.processes = {}  # (job, index) -> Popen
@@ -74,9 +85,26 @@ class LocalCluster:
         self._starts = {}
 
     def command(self, job, index, extra_args=()):
-        return [self.python, self.trainer, f"--ps_hosts={','.join(self.ps_hosts)}",
-                f"--worker_hosts={','.join(self.worker_hosts)}", f"--job_name={job}", f"--task_index={index}",
-                *self.trainer_args, *extra_args]
+        cluster_flags = [] if self.via_tf_config else [
+            f"--ps_hosts={','.join(self.ps_hosts)}", f"--worker_hosts={','.join(self.worker_hosts)}",
+            f"--job_name={job}", f"--task_index={index}"]
+        return [self.python, self.trainer, *cluster_flags, *self.trainer_args, *extra_args]
+
+    def tf_config(self, job, index):
+        """The ``TF_CONFIG`` of task ``job:index`` (trainer names): a Kubeflow TFJob's, with a Chief replica
+        (worker 0) and Worker replicas (workers 1...)."""
+        jobs = {"chief": self.worker_hosts[:1], "ps": self.ps_hosts}
+        if len(self.worker_hosts) > 1:
+            jobs["worker"] = self.worker_hosts[1:]
+        if job == "worker":
+            task = {"type": "chief", "index": 0} if index == 0 else {"type": "worker", "index": index - 1}
+        else:
+            task = {"type": job, "index": index}
+        return json.dumps({"cluster": jobs, "task": task})
+
+    def task_env(self, job, index):
+        """The environment of task ``job:index``."""
+        return dict(self.env, TF_CONFIG=self.tf_config(job, index)) if self.via_tf_config else self.env
 
     def log_path(self, job, index):
         start = self._starts.get((job, index), 0)
@@ -94,7 +122,7 @@ class LocalCluster:
         # Own session: a signal for the launcher's terminal does not reach the tasks twice, and
         # kill() can take the task's whole process group.
         self.processes[(job, index)] = subprocess.Popen(
-            self.command(job, index, extra_args), cwd=REPO_ROOT, env=self.env, stdout=log,
+            self.command(job, index, extra_args), cwd=REPO_ROOT, env=self.task_env(job, index), stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True)
         return self.processes[(job, index)]
 
@@ -175,6 +203,8 @@ def define_flags(flag_values):
     flags.DEFINE_integer("num_workers", 2, "Worker tasks (worker 0 is the chief).", **fv)
     flags.DEFINE_string("log_dir", None, "Where each task's log goes (default: a temporary folder).", **fv)
     flags.DEFINE_float("timeout_secs", None, "Stop everything after this long.", **fv)
+    flags.DEFINE_bool("via_tf_config", False, "Describe the cluster to each task in a TF_CONFIG environment "
+                      "variable (chief + workers + ps, as Kubeflow's TFJob does) instead of cluster flags.", **fv)
     return flag_values
 
 
@@ -197,7 +227,8 @@ def main(argv=None):
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
-    with LocalCluster(args.num_ps, args.num_workers, trainer_args, log_dir=args.log_dir) as local:
+    with LocalCluster(args.num_ps, args.num_workers, trainer_args, log_dir=args.log_dir,
+                      via_tf_config=args.via_tf_config) as local:
         print(f"ps: {','.join(local.ps_hosts)}  workers: {','.join(local.worker_hosts)}  logs: {local.log_dir}",
               flush=True)
         local.start_all()

@@ -1,12 +1,16 @@
 """deployment/tf_config.py: the cluster from TF_CONFIG (Kubeflow's TFJob), its mapping, its errors, flags
-against TF_CONFIG."""
+against TF_CONFIG; a loopback cluster started through TF_CONFIG alone."""
 
 import json
+import re
 
 import pytest
+import tensorflow as tf
 
+import launch_local_cluster
 import train_ssd_network
 from deployment import cluster, tf_config
+from launch_local_cluster import LocalCluster
 
 PS = ["ps-0:2222", "ps-1:2222"]
 CHIEF = ["chief-0:2222"]
@@ -165,3 +169,60 @@ def test_the_trainer_reports_a_bad_tf_config_in_one_line_with_status_2(tmp_path,
     assert info.value.code == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].startswith("TF_CONFIG: this process is the evaluator"), errors
+
+
+# ----------------------------------------------------------------------------- the local launcher
+
+
+def test_the_launcher_via_tf_config_gives_each_task_a_tfjob_s_tf_config_and_no_cluster_flags(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", _tf_config("chief", 0))  # inherited: never passed on
+    local = LocalCluster(1, 3, ["--train_dir=x"], via_tf_config=True)
+    expected_cluster = {"chief": local.worker_hosts[:1], "ps": local.ps_hosts, "worker": local.worker_hosts[1:]}
+    for job, index, task in [("worker", 0, {"type": "chief", "index": 0}), ("worker", 2, {"type": "worker", "index": 1}),
+                             ("ps", 0, {"type": "ps", "index": 0})]:
+        text = local.task_env(job, index)["TF_CONFIG"]
+        assert json.loads(text) == {"cluster": expected_cluster, "task": task}
+        assert tf_config.parse(text).settings() == cluster.ClusterSettings(
+            tuple(local.ps_hosts), tuple(local.worker_hosts), job, index)
+        assert local.command(job, index)[2:] == ["--train_dir=x"]
+    assert "TF_CONFIG" not in LocalCluster(1, 1).task_env("worker", 0)
+    args, _ = launch_local_cluster.parse_args(["--via_tf_config", "--", "--train_dir=x"])
+    assert args.via_tf_config
+
+
+TINY = ["--image_size=96", "--batch_size=2", "--num_readers=1", "--num_preprocessing_threads=1",
+        "--log_every_n_steps=1", "--summarize_activations=false", "--summarize_variables=false",
+        "--num_summary_images=0", "--checkpoint_path=", "--save_summaries_secs=3600", "--validation_split=",
+        "--dist_startup_timeout_secs=120"]
+RUN_TIMEOUT_SECS = 240
+STEP_LINE = re.compile(r"global step (\d+): loss = ([-+0-9.eE]+|nan|inf)")
+
+
+@pytest.mark.slow
+def test_a_chief_a_worker_and_a_ps_started_through_tf_config_alone_train_as_one_sync_cluster(tmp_path,
+                                                                                           sample_dataset_dir):
+    """Chief + worker + ps on 127.0.0.1, no cluster flags. Synchronous training with both replicas
+    aggregated and no head-start tokens (cluster.SyncReplicasOptimizer): the first update waits for
+    a gradient of each worker, so the chief's checkpoint at step 2 proves the two trained as one
+    cluster on the ps's variables."""
+    steps = 2
+    train_dir = tmp_path / "train"
+    args = TINY + [f"--dataset_dir={sample_dataset_dir}", f"--train_dir={train_dir}",
+                   f"--max_number_of_steps={steps}", "--sync_replicas", "--save_interval_secs=3600"]
+    with LocalCluster(1, 2, args, log_dir=str(tmp_path / "logs"), via_tf_config=True) as local:
+        local.start_all()
+        codes = local.wait_workers(timeout=RUN_TIMEOUT_SECS)
+        logs = [local.read_log("worker", i) for i in range(2)] + [local.read_log("ps", 0)]
+        commands = [local.command("worker", i) for i in range(2)]
+    assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
+    assert not any(arg.startswith(("--ps_hosts", "--worker_hosts", "--job_name", "--task_index"))
+                   for command in commands for arg in command)
+    chief, worker, ps = logs
+    assert "The cluster comes from TF_CONFIG: its task chief:0 is worker task 0 at " in chief
+    assert "(chief) of 1 ps + 2 worker(s)" in chief
+    assert "The cluster comes from TF_CONFIG: its task worker:0 is worker task 1 at " in worker
+    assert "The cluster comes from TF_CONFIG: its task ps:0 is ps task 0 at " in ps
+    for log in (chief, worker):
+        assert STEP_LINE.search(log), log[-3000:]
+    checkpoint = tf.train.latest_checkpoint(str(train_dir))
+    assert int(tf.train.load_checkpoint(checkpoint).get_tensor("global_step")) == steps
