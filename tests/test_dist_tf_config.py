@@ -1,7 +1,8 @@
 """deployment/tf_config.py: the cluster from TF_CONFIG (Kubeflow's TFJob), its mapping, its errors, flags
-against TF_CONFIG; a loopback cluster started through TF_CONFIG alone."""
+against TF_CONFIG; a loopback cluster started through TF_CONFIG alone; docs/tfjob.yaml's structure."""
 
 import json
+import pathlib
 import re
 
 import pytest
@@ -12,6 +13,7 @@ import train_ssd_network
 from deployment import cluster, tf_config
 from launch_local_cluster import LocalCluster
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PS = ["ps-0:2222", "ps-1:2222"]
 CHIEF = ["chief-0:2222"]
 WORKERS = ["worker-0:2222", "worker-1:2222"]
@@ -174,18 +176,23 @@ def test_the_trainer_reports_a_bad_tf_config_in_one_line_with_status_2(tmp_path,
 # ----------------------------------------------------------------------------- the local launcher
 
 
-def test_the_launcher_via_tf_config_gives_each_task_a_tfjob_s_tf_config_and_no_cluster_flags(monkeypatch):
+def test_the_launcher_via_tf_config_gives_each_task_a_tfjob_s_tf_config_and_no_cluster_flags(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", _tf_config("chief", 0))  # inherited: never passed on
-    local = LocalCluster(1, 3, ["--train_dir=x"], via_tf_config=True)
+    local = LocalCluster(1, 3, ["--train_dir=x"], log_dir=str(tmp_path), via_tf_config=True)
     expected_cluster = {"chief": local.worker_hosts[:1], "ps": local.ps_hosts, "worker": local.worker_hosts[1:]}
-    for job, index, task in [("worker", 0, {"type": "chief", "index": 0}), ("worker", 2, {"type": "worker", "index": 1}),
-                             ("ps", 0, {"type": "ps", "index": 0})]:
+    tasks = [("worker", 0, {"type": "chief", "index": 0}), ("worker", 2, {"type": "worker", "index": 1}),
+             ("ps", 0, {"type": "ps", "index": 0})]
+    for job, index, task in tasks:
         text = local.task_env(job, index)["TF_CONFIG"]
         assert json.loads(text) == {"cluster": expected_cluster, "task": task}
         assert tf_config.parse(text).settings() == cluster.ClusterSettings(
             tuple(local.ps_hosts), tuple(local.worker_hosts), job, index)
         assert local.command(job, index)[2:] == ["--train_dir=x"]
-    assert "TF_CONFIG" not in LocalCluster(1, 1).task_env("worker", 0)
+    with_flags = LocalCluster(1, 1, log_dir=str(tmp_path))
+    assert "TF_CONFIG" not in with_flags.task_env("worker", 0)
+    assert with_flags.command("worker", 0)[2:] == [f"--ps_hosts={with_flags.ps_hosts[0]}",
+                                                   f"--worker_hosts={with_flags.worker_hosts[0]}",
+                                                   "--job_name=worker", "--task_index=0"]
     args, _ = launch_local_cluster.parse_args(["--via_tf_config", "--", "--train_dir=x"])
     assert args.via_tf_config
 
@@ -226,3 +233,58 @@ def test_a_chief_a_worker_and_a_ps_started_through_tf_config_alone_train_as_one_
         assert STEP_LINE.search(log), log[-3000:]
     checkpoint = tf.train.latest_checkpoint(str(train_dir))
     assert int(tf.train.load_checkpoint(checkpoint).get_tensor("global_step")) == steps
+
+
+# ----------------------------------------------------------------------------- docs/tfjob.yaml
+
+TFJOB = REPO_ROOT / "docs" / "tfjob.yaml"
+CLUSTER_FLAG = re.compile(r"--(ps_hosts|worker_hosts|job_name|task_index)\b")
+
+
+def _replica_specs(text):
+    """{replica type: its lines} of a TFJob manifest's tfReplicaSpecs, comments left out (PyYAML is not a
+    dependency: the structure is read from the indentation the manifest is written with)."""
+    replicas, current = {}, None
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = re.fullmatch(r"    (\w+):", line)
+        if match:
+            current = match.group(1)
+            replicas[current] = []
+        elif current and line.startswith("      "):
+            replicas[current].append(line.split(" #")[0].rstrip())
+        else:
+            current = None
+    return replicas
+
+
+def test_the_tfjob_manifest_runs_2_ps_a_gpu_chief_and_a_gpu_worker_without_cluster_flags():
+    text = TFJOB.read_text()
+    assert "\t" not in text
+    assert re.search(r"^apiVersion: kubeflow\.org/v1$", text, re.M) and re.search(r"^kind: TFJob$", text, re.M)
+    replicas = _replica_specs(text)
+    assert sorted(replicas) == ["Chief", "PS", "Worker"], replicas
+    spec = {name: "\n".join(lines) for name, lines in replicas.items()}
+    counts = {name: int(re.search(r"^      replicas: (\d+)$", body, re.M).group(1)) for name, body in spec.items()}
+    assert counts == {"PS": 2, "Chief": 1, "Worker": 1}
+    for name, body in spec.items():
+        # The operator sets TF_CONFIG in the container named tensorflow, and names its port tfjob-port.
+        assert "- name: tensorflow" in body and "name: tfjob-port" in body, name
+        assert 'command: ["python", "/opt/ssd-towers/train_ssd_network.py"]' in body, name
+        assert not CLUSTER_FLAG.search(body), name
+        assert ("nvidia.com/gpu: 1" in body) == (name != "PS"), name
+    # The workers share one list of trainer flags (a YAML anchor): the chief's.
+    assert "args: &trainer_flags" in spec["Chief"] and "args: *trainer_flags" in spec["Worker"]
+    chief_flags = re.findall(r"^ +- (--\w+)", spec["Chief"], re.M)
+    assert {"--train_dir", "--dataset_dir", "--num_clones", "--sync_replicas", "--num_epochs"} <= set(chief_flags)
+
+
+def test_the_tfjob_manifest_parses_as_yaml_where_pyyaml_is_installed():
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not a dependency; the structural test above still ran")
+    job = yaml.safe_load(TFJOB.read_text())
+    replicas = job["spec"]["tfReplicaSpecs"]
+    assert {name: r["replicas"] for name, r in replicas.items()} == {"PS": 2, "Chief": 1, "Worker": 1}
+    containers = {name: r["template"]["spec"]["containers"][0] for name, r in replicas.items()}
+    assert containers["Worker"]["args"] == containers["Chief"]["args"]
+    assert not any(CLUSTER_FLAG.search(arg) for c in containers.values() for arg in c["args"])
