@@ -119,9 +119,10 @@ def parse(text):
     if not workers:
         raise _error(f"the cluster has no chief and no worker (jobs: {', '.join(sorted(jobs)) or 'none'}); "
                      "a training cluster needs at least one")
-    shared = sorted(set(ps) & set(workers))
+    shared = sorted(set(ps) & set(workers) | {address for address in workers if workers.count(address) > 1})
     if shared:
-        raise _error(f"{', '.join(shared)} is both a ps and a chief or worker; each task needs its own port")
+        raise _error(f"{', '.join(shared)} is listed for two tasks (ps, chief or worker); each task needs its own "
+                     "port")
     if not ps and len(workers) > 1:
         raise _error(f"the cluster has {len(workers)} chief/worker tasks and no ps: this trainer keeps the "
                      "variables on parameter servers; add at least one ps (a TFJob's PS replicas), or run one "

@@ -98,7 +98,8 @@ def test_one_chief_or_worker_and_no_ps_trains_on_this_machine(caplog):
      "cluster.chief lists 2 hosts (chief-0:2222, worker-0:2222); a cluster has one chief (worker 0)"),
     (_tf_config("chief", 0, {"chief": CHIEF, "master": WORKERS[:1], "ps": PS}), "both a 'chief' and a 'master'"),
     (_tf_config("worker", 0, {"worker": WORKERS}), "the cluster has 2 chief/worker tasks and no ps"),
-    (_tf_config("chief", 0, {"chief": CHIEF, "ps": CHIEF}), "chief-0:2222 is both a ps and a chief or worker"),
+    (_tf_config("chief", 0, {"chief": CHIEF, "ps": CHIEF}), "chief-0:2222 is listed for two tasks"),
+    (_tf_config("chief", 0, {"chief": CHIEF, "worker": CHIEF, "ps": PS}), "chief-0:2222 is listed for two tasks"),
     (_tf_config("chief", 0, {"chief": CHIEF, "ps": ["ps-0"]}), "TF_CONFIG's cluster.ps: 'ps-0' is not host:port"),
     (_tf_config("chief", 0, {"chief": CHIEF, "ps": PS + PS[:1]}), "TF_CONFIG's cluster.ps lists ps-0:2222 more "
                                                                   "than once"),
