@@ -10,6 +10,10 @@ into a cache directory). Start-up precedence (logged in one line): a checkpoint 
 ``--train_dir`` resumes; else ``--checkpoint_path`` is restored (class heads of another class
 count are skipped); else training starts from scratch with a warning.
 
+A task of a multi-machine cluster gets ``--ps_hosts``, ``--worker_hosts``, ``--job_name`` and
+``--task_index``; without them it reads the cluster from the ``TF_CONFIG`` environment variable
+that Kubernetes (Kubeflow's TFJob, docs/tfjob.yaml) and managed training services set.
+
 This command parses its flags (generated from :class:`training.config.TrainingConfig`) and calls
 :func:`training.trainer.train`; the README's layout section follows one training step from here.
 """

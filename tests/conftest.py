@@ -4,6 +4,9 @@ import os
 import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A shell inside a Kubernetes job may carry a TF_CONFIG: the trainer would read it as the cluster of
+# every test run; the tests that use one set their own.
+os.environ.pop("TF_CONFIG", None)
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
