@@ -9,7 +9,9 @@ writes itself, and the per-clone ``Losses/clone_i/clone_loss`` and
 - ``learning_rate`` (:func:`add_learning_rate_summary`);
 - ``activations/<end point>`` histograms and ``sparsity/<end point>`` zero fractions
   (:func:`add_activation_summaries`);
-- ``variables/<variable>`` histograms (:func:`add_variable_summaries`).
+- ``variables/<variable>`` histograms (:func:`add_variable_summaries`);
+- with float16 loss scaling, ``mixed_precision/loss_scale`` and ``mixed_precision/skipped_steps``
+  (:func:`add_loss_scale_summaries`).
 
 The training images with their boxes and class names come from
 :func:`preprocessing.visualization.ground_truth_image_summary`.
@@ -46,10 +48,19 @@ def add_learning_rate_summary(learning_rate):
     return [tf1.summary.scalar("learning_rate", learning_rate)]
 
 
+def add_loss_scale_summaries(loss_scale_optimizer):
+    """The loss scale and the steps skipped in this run for an overflow, of a
+    :class:`deployment.mixed_precision.DynamicLossScaleOptimizer`."""
+    return [tf1.summary.scalar("mixed_precision/loss_scale", loss_scale_optimizer.loss_scale),
+            tf1.summary.scalar("mixed_precision/skipped_steps", loss_scale_optimizer.skipped_steps)]
+
+
 def add_activation_summaries(end_points):
-    """A histogram and the zero fraction (sparsity) of each activation in ``end_points`` ({name: tensor})."""
+    """A histogram and the zero fraction (sparsity) of each activation in ``end_points`` ({name: tensor}),
+    computed in float32 (histograms take no bfloat16)."""
     ops = []
     for name, activation in end_points.items():
+        activation = tf.cast(activation, tf.float32) if activation.dtype != tf.float32 else activation
         ops.append(tf1.summary.histogram(f"activations/{name}", activation))
         ops.append(tf1.summary.scalar(f"sparsity/{name}", tf.nn.zero_fraction(activation)))
     return ops

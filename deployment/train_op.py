@@ -26,7 +26,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from deployment import model_deploy
+from deployment import mixed_precision, model_deploy
 from deployment.scopes import in_scope, split_scopes
 from tf_compat import slim, tf1
 
@@ -224,9 +224,14 @@ def _build_phase(variables_to_train, config, clones, optimizer, global_step, reg
         loss_terms = {}
         if check_numerics:
             loss_terms = _clone_loss_terms(clones, regularization_losses)
-            # A finite loss can still give NaN gradients (e.g. sqrt at 0): check their norm too.
-            loss_terms["gradient_global_norm"] = gradient_norm
-            guards = [nan_guard(loss_terms, global_step)]
+            if getattr(optimizer, "skips_non_finite_gradients", False):
+                # Loss scaling (deployment.mixed_precision): non-finite gradients are an overflow the optimizer
+                # skips; a divergence shows as a non-finite unscaled loss, or as overflows without end.
+                guards = [nan_guard(loss_terms, global_step), optimizer.overflow_guard(global_step)]
+            else:
+                # A finite loss can still give NaN gradients (e.g. sqrt at 0): check their norm too.
+                loss_terms["gradient_global_norm"] = gradient_norm
+                guards = [nan_guard(loss_terms, global_step)]
         # The guard gates the gradients, not apply_gradients: optimizers such as
         # SyncReplicasOptimizer build queue, token and readiness ops there that must not wait
         # for (and so re-run) the forward pass each time they are run on their own.
@@ -270,8 +275,23 @@ _GUARD_PATTERN = re.compile(
 )
 
 
+_OVERFLOW_PATTERN = re.compile(
+    re.escape(mixed_precision.OVERFLOW_GUARD_MARKER) + r": every step overflowed at global step\]\s*\[(-?\d+)\]"
+    r"\s*\[steps in a row:\]\s*\[(\d+)\]\s*\[loss scale:\]\s*\[([^\]]*)\]"
+)
+
+
 def describe_nan_guard_error(error):
     """The guard's message from an error raised by a guarded step, or None if it is not the guard's."""
+    overflow = _OVERFLOW_PATTERN.search(str(error))
+    if overflow:
+        step, in_a_row, scale = overflow.groups()
+        return (
+            f"Training stopped: the float16 gradients overflowed at every one of the last {in_a_row} steps before "
+            f"global step {step}, down to a loss scale of {scale}: training diverged (not the occasional "
+            "overflow step that loss scaling skips). Lower the learning rate, clip gradients "
+            "(--clip_gradient_norm) or train with --precision=mixed_bf16 or fp32."
+        )
     match = _GUARD_PATTERN.search(str(error))
     if not match:
         return None

@@ -32,7 +32,10 @@ def l2_normalization(
     """
     axis = _channel_axis(data_format)
     with tf1.variable_scope(scope, "L2Normalization", [inputs], reuse=reuse) as sc:
-        outputs = tf.math.l2_normalize(inputs, axis=axis, epsilon=1e-12)
+        # In float32 whatever the input's precision: a sum of 512 squares overflows float16, and bfloat16's
+        # 8-bit mantissa would round the norm.
+        outputs = tf.math.l2_normalize(tf.cast(inputs, tf.float32), axis=axis, epsilon=1e-12)
+        outputs = tf.cast(outputs, inputs.dtype)
         if scaling:
             channels = inputs.shape[axis]
             initializer = scale_initializer or tf1.constant_initializer(L2_NORMALIZATION_SCALE)

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 import command_line
 from command_line import Rule, non_negative, non_negative_int, positive, positive_int, unit_interval
-from deployment import checkpoint_init, cluster, devices, learning_rate as lr_lib, optimizers
+from deployment import checkpoint_init, cluster, devices, learning_rate as lr_lib, mixed_precision, optimizers
 from evaluation import summaries as evaluation_summaries
 from nets import nets_factory
 
@@ -183,6 +183,13 @@ class TrainingConfig:
     gpu_memory_fraction: float = _option(devices.DEFAULT_GPU_MEMORY_FRACTION, "GPU memory each process may take.",
                                          unit_interval(low_inclusive=False))
     allow_growth: bool = _option(False, "Let GPU memory grow on demand instead of reserving it up front.")
+    precision: str = _option(
+        "fp32", "Arithmetic of the towers: fp32; mixed_bf16 (convolutions and activations in bfloat16, variables, "
+        "losses and gradient averaging in float32); mixed_fp16 (the same in float16, with dynamic loss scaling). "
+        "Checkpoints are float32 whatever the precision (deployment/mixed_precision.py).",
+        choices=mixed_precision.PRECISIONS)
+    xla: bool = _option(
+        False, "Compile each tower's forward and backward pass with XLA (jit scopes around the towers).")
 
     # Logging, summaries, checkpoints.
     log_every_n_steps: int = _option(10, "Log step, losses, learning rate and images/s this often.", positive_int())
@@ -292,6 +299,10 @@ class TrainingConfig:
         problems += self._one_form_problems()
         if self.validate_every_n_steps is not None and self.validate_every_n_epochs is not None:
             problems.append("give --validate_every_n_steps or --validate_every_n_epochs, not both")
+        if self.precision == "mixed_fp16" and self.sync_replicas:
+            problems.append("--precision=mixed_fp16 cannot be combined with --sync_replicas (its loss scaling skips "
+                            "overflowing steps, which SyncReplicasOptimizer's aggregation cannot); use "
+                            "--precision=mixed_bf16, which needs no loss scaling")
         command_line.check_options(self, OPTION_RULES, problems)
         return self
 

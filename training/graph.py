@@ -10,12 +10,14 @@ Every function takes a :class:`training.config.TrainingConfig` and plain values,
 built and tested alone; :func:`build_training_graph` puts them together.
 """
 
+import contextlib
 import dataclasses
 
 import tensorflow as tf
 
 from datasets import dataset_factory
-from deployment import cluster, learning_rate as lr_lib, model_deploy, optimizers, summaries, train_op as train_op_lib
+from deployment import cluster, learning_rate as lr_lib, mixed_precision, model_deploy, optimizers, summaries
+from deployment import train_op as train_op_lib
 from nets import matching, multibox_loss, nets_factory, ssd_vgg_common
 from preprocessing import preprocessing_factory, seeds, visualization
 from preprocessing.ssd_vgg_preprocessing import TrainAugmentation
@@ -110,18 +112,32 @@ def make_clone_fn(config, net, clone_inputs):
         net, weight_decay=config.weight_decay, is_training=True, data_format=config.data_format,
         dropout_keep_prob=config.dropout_keep_prob, dropout_seed=config.seed)
 
+    compute_dtype = mixed_precision.compute_dtype(config.precision)
+
     def clone_fn():
         if not pending:
             raise ValueError(f"clone_fn called more often than the {len(clone_inputs)} clone inputs prepared")
         inputs = pending.pop(0)
-        _, localisations, logits, end_points = network_fn(inputs.batch["image"])
-        net.losses(logits, localisations, inputs.targets, negative_ratio=config.negative_ratio,
-                   alpha=config.loss_alpha, label_smoothing=config.label_smoothing, normaliser=inputs.normaliser)
+        with tower_compilation(config.xla), mixed_precision.tower_precision(config.precision):
+            images = tf.cast(inputs.batch["image"], compute_dtype)
+            _, localisations, logits, end_points = network_fn(images)
+            # The softmax, the hard-negative ranking and the losses in float32 whatever the towers compute in.
+            logits, localisations = mixed_precision.to_float32(logits), mixed_precision.to_float32(localisations)
+            net.losses(logits, localisations, inputs.targets, negative_ratio=config.negative_ratio,
+                       alpha=config.loss_alpha, label_smoothing=config.label_smoothing, normaliser=inputs.normaliser)
         end_points = dict(end_points)
         end_points["_batch"] = inputs.batch
         return end_points
 
     return clone_fn
+
+
+def tower_compilation(xla):
+    """With ``xla``, the ops built inside (a tower's forward pass and loss, and through TensorFlow's gradient
+    code their backward pass) form XLA clusters compiled as a whole (``--xla``); otherwise nothing."""
+    if not xla:
+        return contextlib.nullcontext()
+    return tf.xla.experimental.jit_scope(compile_ops=True, separate_compiled_gradients=False)
 
 
 def build_clones(config, net, iterator, deploy_config):
@@ -210,6 +226,7 @@ class TrainingGraph:
     sync_optimizer: object  # cluster.SyncReplicasOptimizer, or None
     new_layers_only_steps: int
     warmup_steps: int = 0  # of the learning rate (and again at the phase switch), in global steps
+    loss_scale_optimizer: object = None  # mixed_precision.DynamicLossScaleOptimizer with --precision=mixed_fp16
 
 
 def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_scopes=(), new_layers_only_steps=0,
@@ -243,6 +260,9 @@ def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_sco
         learning_rate = build_learning_rate(config, global_step, spec.num_samples, deploy_config,
                                             new_layers_only_steps)
         optimizer = build_optimizer(config, learning_rate)
+        loss_scale_optimizer = None
+        if mixed_precision.needs_loss_scaling(config.precision):
+            loss_scale_optimizer = optimizer = mixed_precision.DynamicLossScaleOptimizer(optimizer)
         sync_optimizer = None
         if sync:
             sync_optimizer = optimizer = cluster.SyncReplicasOptimizer(
@@ -266,6 +286,8 @@ def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_sco
 
     summaries.add_loss_summaries(train.total_loss, clones)
     summaries.add_learning_rate_summary(learning_rate)
+    if loss_scale_optimizer is not None:
+        summaries.add_loss_scale_summaries(loss_scale_optimizer)
     end_points = {k: v for k, v in first_clone.outputs.items() if not k.startswith("_")}
     if config.summarize_activations:
         summaries.add_activation_summaries(end_points)
@@ -283,4 +305,5 @@ def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_sco
         learning_rate=learning_rate, optimizer=optimizer, iterator=iterator, loss_terms=loss_terms_of(first_clone),
         sync_optimizer=sync_optimizer, new_layers_only_steps=new_layers_only_steps,
         warmup_steps=schedule_steps(config, spec.num_samples, deploy_config)[0],
+        loss_scale_optimizer=loss_scale_optimizer,
     )

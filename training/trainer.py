@@ -155,8 +155,12 @@ def make_train_step_fn(config, parts, training_plan, is_chief, after_step_hooks=
             f"{training_plan.second_phase_trains}{but} starts training, at learning rate "
             f"{config.learning_rate:g} after a {parts.warmup_steps}-step warmup (trainable variables: "
             f"{len(parts.train.first_phase.grads_and_vars)} -> {len(parts.train.grads_and_vars)})")
+    tensors_to_log = {"learning_rate": parts.learning_rate, **parts.loss_terms}
+    if parts.loss_scale_optimizer is not None:
+        tensors_to_log.update(loss_scale=parts.loss_scale_optimizer.loss_scale,
+                              skipped_steps=parts.loss_scale_optimizer.skipped_steps)
     train_step_fn = train_op_lib.make_train_step_fn(
-        tensors_to_log={"learning_rate": parts.learning_rate, **parts.loss_terms},
+        tensors_to_log=tensors_to_log,
         images_per_step=config.batch_size * parts.deploy_config.num_clones,
         summary_op=_merge_summaries(parts.train.summaries) if is_chief else None, summary_writer=summary_writer,
         save_summaries_secs=config.save_summaries_secs,
