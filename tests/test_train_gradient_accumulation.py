@@ -134,10 +134,12 @@ STEP_LINE = re.compile(r"global step (\d+): loss = [0-9.eE+-]+, .* ([0-9.]+) ima
 
 @pytest.mark.slow
 def test_a_short_training_with_accumulation_counts_applied_updates(tmp_path):
+    """Two global steps of two micro-batches each, the first in the first phase (new layers only)."""
     train_dir = tmp_path / "run"
     command = [sys.executable, os.path.join(REPO_ROOT, "train_ssd_network.py"), f"--train_dir={train_dir}",
                "--image_size=96", "--batch_size=2", "--accumulate_steps=2",
                "--max_number_of_steps=2", "--moving_average_decay=0.99", "--clip_gradient_norm=10",
+               "--unfreeze_at_step=1", "--warmup_steps=0",
                "--num_readers=1", "--num_preprocessing_threads=2", "--num_summary_images=1", "--log_every_n_steps=1",
                "--save_summaries_secs=0", "--validation_split="]
     env = dict(os.environ, SSD_TOWERS_CACHE=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="2")
@@ -151,6 +153,10 @@ def test_a_short_training_with_accumulation_counts_applied_updates(tmp_path):
     for _, images_per_second, seconds in steps:
         assert float(images_per_second) == pytest.approx(4 / float(seconds), rel=0.05, abs=0.06)
     assert "step 1/2 (epoch 0.03/0.05)" in log  # 160 training images at 4 a step: 40 steps an epoch
+    # The phase switch after one applied update; each line's rate is the one its update applied.
+    assert "Global step 1: the VGG-16 base starts training" in log
+    assert re.search(r"global step 1: .*learning_rate = 0.001,", log) and re.search(
+        r"global step 2: .*learning_rate = 5e-05,", log), log[-3000:]
 
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(train_dir)))
     assert reader.get_tensor("global_step") == 2, "the global step counts applied updates, not micro-batches"
