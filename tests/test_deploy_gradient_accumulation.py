@@ -200,15 +200,23 @@ def test_one_call_of_the_step_function_is_one_applied_update_with_the_weighted_m
         weight = tf.reduce_sum(x)  # 3 for the first micro-batch [1, 2], 7 for [3, 4]
         optimizer = GradientAccumulationOptimizer(tf1.train.GradientDescentOptimizer(0.1), 2, micro_batch_weight=weight)
         train = build_train_op(config, clones, optimizer, global_step=global_step, regularization_losses=[])
+        summary_writer = tf1.summary.FileWriter(str(tmp_path))
         step_fn = make_train_step_fn(
             tensors_to_log={"first_x": x[0], "loss_term": train.total_loss}, images_per_step=8, log_every_n_steps=1,
+            summary_op=tf1.summary.scalar("x0", x[0]), summary_writer=summary_writer,
             micro_batches=2, micro_batch_weight=weight, loss_names=("loss_term",))
         with _session() as session, caplog.at_level(logging.INFO):
             loss, should_stop = step_fn(session, train.train_tensor, global_step, {})
             assert session.run(global_step) == 1 and not should_stop
             np.testing.assert_allclose(session.run(tf1.trainable_variables()[0]), [1.0 - 0.1 * 2.4, 2.0 - 0.1 * 3.4],
                                        rtol=1e-6)
+        summary_writer.close()
     # Micro-batch losses [1, 2].[1, 2] = 5 and [3, 4].[1, 2] = 11, weighted 3 and 7: (15 + 77) / 10.
     assert loss == pytest.approx(9.2)
     line = next(record.getMessage() for record in caplog.records if "global step 1:" in record.getMessage())
     assert "loss = 9.2000" in line and "loss_term = 9.2" in line and "first_x = 1," in line, line
+    # The summaries come with the last micro-batch, at the global step of its update.
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    values = [(event.step, value.simple_value) for event in tf1.train.summary_iterator(str(path))
+              for value in event.summary.value if value.tag == "x0"]
+    assert values == [(1, 3.0)]
