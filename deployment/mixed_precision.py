@@ -142,6 +142,8 @@ class DynamicLossScaleOptimizer(tf1.train.Optimizer):
             self.finite_steps_in_a_row = _local_variable("finite_steps_in_a_row", 0, tf.int64)
             self.skipped_steps = _local_variable("skipped_steps", 0, tf.int64)
             self.skipped_steps_in_a_row = _local_variable("skipped_steps_in_a_row", 0, tf.int64)
+            # Updates applied in this process, for what must follow applied updates only (the moving average).
+            self.applied_updates = _local_variable("applied_updates", 0, tf.int64)
 
     @property
     def wrapped_optimizer(self):
@@ -157,9 +159,16 @@ class DynamicLossScaleOptimizer(tf1.train.Optimizer):
     def apply_gradients(self, grads_and_vars, global_step=None, name=None):
         grads_and_vars = list(grads_and_vars)
         finite = all_finite([grad for grad, _ in grads_and_vars])
+        if getattr(self._optimizer, "accepts_dropped_micro_batches", False):
+            # Gradient accumulation: an overflowing micro-batch is dropped from its accumulation (it still
+            # counts towards the K micro-batches, so one update still takes K runs).
+            update = self._optimizer.apply_gradients(grads_and_vars, global_step, name, keep=finite)
+            with tf.control_dependencies([update]):
+                return self._update_scale(finite)
 
         def apply_update():
-            with tf.control_dependencies([self._optimizer.apply_gradients(grads_and_vars, global_step, name)]):
+            with tf.control_dependencies([self._optimizer.apply_gradients(grads_and_vars, global_step, name),
+                                          self.applied_updates.assign_add(1, read_value=False)]):
                 return tf.constant(True)
 
         def skip_update():

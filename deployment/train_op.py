@@ -9,6 +9,9 @@ into the tensor ``slim.learning.train`` runs::
                                -> [EMA of the variables, after the step]
     train tensor:              total loss, after the step and the first clone's update ops
 
+With gradient accumulation (:mod:`deployment.gradient_accumulation`) the optimizer's apply_gradients
+accumulates, and applies one update in K runs (it clips then, not here); the EMA follows those runs only.
+
 The NaN/Inf guard checks every loss term of every clone and the global norm of the
 averaged gradients before the variables change: a bad step never reaches the trained
 variables or a checkpoint. (Update ops made by the model, such as batch-norm moving
@@ -26,7 +29,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from deployment import mixed_precision, model_deploy
+from deployment import gradient_accumulation, mixed_precision, model_deploy
 from deployment.scopes import in_scope, split_scopes
 from tf_compat import slim, tf1
 
@@ -139,6 +142,7 @@ def build_train_op(
     check_numerics=True,
     summarize_gradients=False,
     first_phase_variables=None,
+    applied_updates=None,
 ):
     """Builds the train op for ``clones`` (see the module docstring).
 
@@ -163,6 +167,9 @@ def build_train_op(
         gradient summaries of each train tensor then stay out of the ``SUMMARIES`` collection, in
         its ``summaries`` field, so that a summary op merged for one phase never computes the
         other phase's gradients.
+      applied_updates: when the optimizer does not apply an update with every run (gradient
+        accumulation, :mod:`deployment.gradient_accumulation`), a variable it increments with each
+        update it applies: the moving average then follows only the runs that applied one.
 
     Returns:
       :class:`TrainOp`.
@@ -182,7 +189,8 @@ def build_train_op(
     kwargs = dict(config=config, clones=clones, optimizer=optimizer, global_step=global_step,
                   regularization_losses=regularization_losses, clip_gradient_norm=clip_gradient_norm,
                   moving_average=moving_average, variables_to_average=variables_to_average,
-                  check_numerics=check_numerics, summarize_gradients=summarize_gradients, keep_summaries_apart=phased)
+                  check_numerics=check_numerics, summarize_gradients=summarize_gradients, keep_summaries_apart=phased,
+                  applied_updates=applied_updates)
     # The whole-network train tensor first: its apply_gradients creates the optimizer slots of every
     # trained variable, which the first phase then shares.
     main = _build_phase(variables_to_train, **kwargs)
@@ -195,7 +203,7 @@ def build_train_op(
 
 def _build_phase(variables_to_train, config, clones, optimizer, global_step, regularization_losses,
                  clip_gradient_norm, moving_average, variables_to_average, check_numerics, summarize_gradients,
-                 keep_summaries_apart):
+                 keep_summaries_apart, applied_updates):
     """One train tensor over ``variables_to_train`` (see :func:`build_train_op`)."""
     summaries_before = set(tf1.get_collection(tf1.GraphKeys.SUMMARIES))
     first_clone = clones[0]
@@ -235,13 +243,21 @@ def _build_phase(variables_to_train, config, clones, optimizer, global_step, reg
         # The guard gates the gradients, not apply_gradients: optimizers such as
         # SyncReplicasOptimizer build queue, token and readiness ops there that must not wait
         # for (and so re-run) the forward pass each time they are run on their own.
-        grads_and_vars = gate_gradients(grads_and_vars, guards)
+        updates_before = []
+        if applied_updates is not None and moving_average is not None:
+            updates_before = [gradient_accumulation.read_before_update(applied_updates)]
+        grads_and_vars = gate_gradients(grads_and_vars, guards + updates_before)
         apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
         step_ops = [apply_op]
         if moving_average is not None:
             # After the step, so the averages follow the updated variables.
             with tf.control_dependencies([apply_op]):
-                step_ops.append(moving_average.apply(variables_to_average))
+                if updates_before:
+                    applied = gradient_accumulation.update_applied(applied_updates, updates_before[0], apply_op)
+                    step_ops.append(tf1.cond(applied, lambda: tf.group(moving_average.apply(variables_to_average)),
+                                             tf.no_op, name="moving_average_if_applied"))
+                else:
+                    step_ops.append(moving_average.apply(variables_to_average))
         update_op = tf.group(*(update_ops + step_ops), name="update_op")
         with tf.control_dependencies([update_op]):
             train_tensor = tf.identity(total_loss, name="train_op")
@@ -343,14 +359,15 @@ def progress_text(global_step, steps_per_epoch=None, last_step=None, seconds_per
 
 def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_steps=None, summary_op=None,
                        summary_writer=None, save_summaries_secs=60, max_train_seconds=None, first_phase=None,
-                       after_step_hooks=(), steps_per_epoch=None, last_step=None):
+                       after_step_hooks=(), steps_per_epoch=None, last_step=None, micro_batches=1,
+                       micro_batch_weight=None, loss_names=()):
     """A ``train_step_fn`` for ``slim.learning.train`` with the NaN guard's stop and richer logs.
 
     Runs ``train_op`` (with ``tensors_to_log``, a {name: scalar} dict such as loss terms
     and the learning rate, in the same ``session.run``), then reads the global step, like
     ``slim.learning.train_step``. When the step should log (``slim.learning.train``'s
     ``log_every_n_steps``, or ``log_every_n_steps`` here), it logs one line: step, total
-    loss, the logged tensors, images/s (with ``images_per_step`` = batch x clones) and
+    loss, the logged tensors, images/s (with ``images_per_step`` = batch x clones per call) and
     sec/step, then the progress (:func:`progress_text`: epoch with ``steps_per_epoch``, the step out of
     ``last_step`` and the ETA from the mean time between the starts of the last ``ETA_WINDOW_STEPS``
     steps, hooks and saves included, the run's first step left out). A NaN/Inf
@@ -376,12 +393,22 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     ``at_end(session, global_step)`` method has it called after the step the run stops on, whatever
     stopped it (the last step, a hook, the time limit), before the final checkpoint is saved.
 
+    With ``micro_batches`` K > 1 (gradient accumulation, :mod:`deployment.gradient_accumulation`), one
+    call runs the train tensor K times, so that one call is still one global step (one applied update):
+    ``slim.learning.train``'s number of steps, the log, the ETA, the epochs, the hooks, the time limit
+    and the phase switch all count calls. The summaries are computed with the last micro-batch (they
+    show its batch and losses). The logged loss and the tensors named in ``loss_names`` are the mean
+    over the K micro-batches weighted by ``micro_batch_weight`` (fetched with each; None: equal
+    weights), as the applied gradient is; the other logged tensors (the learning rate) are the first
+    micro-batch's, read before the update. ``images_per_step`` then counts the K micro-batches.
+
     For the run's summary the step function also keeps ``first_global_step`` (the global step when
     the run's first step started), ``last_global_step`` (after its last step) and ``started_at``
     (``time.time()`` at the first step), each None before the first step.
     """
     names = list((tensors_to_log or {}).keys())
     tensors = [tensors_to_log[name] for name in names]
+    weighted = micro_batches > 1 and micro_batch_weight is not None
     # The first step of a run is always logged: on a CPU a step can take a minute, and a user
     # should not wait log_every_n_steps of them to see that training runs.
     first_step_of_run = [True]
@@ -404,26 +431,31 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
         step_summary = first_phase.summary_op if in_first_phase else summary_op
         with_summary = step_summary is not None and (
             last_summary_time[0] is None or start - last_summary_time[0] >= save_summaries_secs)
-        try:
+        micro_batch_values = []
+        for micro_batch in range(micro_batches):
+            summarize = with_summary and micro_batch == micro_batches - 1
+            fetches = [step_tensor] + tensors + ([micro_batch_weight] if weighted else [])
             try:
-                fetched = session.run([step_tensor] + tensors + ([step_summary] if with_summary else []))
+                try:
+                    fetched = session.run(fetches + ([step_summary] if summarize else []))
+                except tf.errors.InvalidArgumentError as error:
+                    if not summarize or describe_nan_guard_error(error) is not None:
+                        raise
+                    # A histogram of non-finite activations fails the whole run before the guard can
+                    # name the bad loss term; the guard held the step back, so run it without summaries.
+                    with_summary = summarize = False
+                    fetched = session.run(fetches)
             except tf.errors.InvalidArgumentError as error:
-                if not with_summary or describe_nan_guard_error(error) is not None:
+                message = describe_nan_guard_error(error)
+                if message is None:
                     raise
-                # A histogram of non-finite activations fails the whole run before the guard can
-                # name the bad loss term; the guard held the step back, so run it without summaries.
-                with_summary = False
-                fetched = session.run([step_tensor] + tensors)
-        except tf.errors.InvalidArgumentError as error:
-            message = describe_nan_guard_error(error)
-            if message is None:
-                raise
-            logging.error(message)
-            raise NonFiniteLossError(message) from None
+                logging.error(message)
+                raise NonFiniteLossError(message) from None
+            if summarize:
+                summary, fetched = fetched[-1], fetched[:-1]
+            micro_batch_values.append(fetched)
         elapsed = time.time() - start
-        if with_summary:
-            summary, fetched = fetched[-1], fetched[:-1]
-        total_loss, logged = fetched[0], fetched[1:]
+        total_loss, logged = _combine_micro_batches(micro_batch_values, names, loss_names, weighted)
         # Read after the step: fetched with train_op, the step's value could be either side of its increment.
         np_global_step = int(session.run(global_step))
         current_step[0] = train_step_fn.last_global_step = np_global_step
@@ -476,3 +508,21 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
     train_step_fn.stop_reason = None
     train_step_fn.first_global_step = train_step_fn.last_global_step = train_step_fn.started_at = None
     return train_step_fn
+
+
+def _combine_micro_batches(values, names, loss_names, weighted):
+    """(total loss, logged values) of a step from each micro-batch's fetched ``[loss, *logged, (weight)]``:
+    the loss and the ``loss_names`` as their weighted mean (equal weights without a weight, or when they
+    are all 0), the other logged values as the first micro-batch's."""
+    if len(values) == 1:
+        return values[0][0], values[0][1:1 + len(names)]
+    weights = np.array([float(fetched[-1]) for fetched in values]) if weighted else np.ones(len(values))
+    if weights.sum() <= 0:
+        weights = np.ones(len(values))
+    weights = weights / weights.sum()
+
+    def mean(index):
+        return float(sum(weight * float(np.asarray(fetched[index])) for weight, fetched in zip(weights, values)))
+
+    logged = [mean(1 + i) if name in loss_names else values[0][1 + i] for i, name in enumerate(names)]
+    return mean(0), logged

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from datasets import dataset_factory
-from deployment import devices, mixed_precision, train_op as train_op_lib
+from deployment import devices, gradient_accumulation, mixed_precision, train_op as train_op_lib
 from tf_compat import tf1
 from training import graph as graph_lib, machines
 from training.config import TrainingConfig
@@ -61,13 +61,16 @@ def test_fp32_installs_no_getter_and_unknown_precisions_are_named():
 # ----------------------------------------------------------------------------- dynamic loss scaling, by hand
 
 
-def _one_weight_graph(**scaling):
-    """w = 2, loss = float32(float16(w) * float16(x)); SGD at 0.5 behind loss scaling."""
+def _one_weight_graph(accumulate_steps=1, **scaling):
+    """w = 2, loss = float32(float16(w) * float16(x)); SGD at 0.5 [accumulated] behind loss scaling."""
     global_step = tf1.train.get_or_create_global_step()
     w = tf1.get_variable("w", initializer=2.0)
     x = tf1.placeholder(tf.float32, [])
     loss = tf.cast(tf.cast(w, tf.float16) * tf.cast(x, tf.float16), tf.float32)
-    optimizer = mixed_precision.DynamicLossScaleOptimizer(tf1.train.GradientDescentOptimizer(0.5), **scaling)
+    sgd = tf1.train.GradientDescentOptimizer(0.5)
+    if accumulate_steps > 1:
+        sgd = gradient_accumulation.GradientAccumulationOptimizer(sgd, accumulate_steps)
+    optimizer = mixed_precision.DynamicLossScaleOptimizer(sgd, **scaling)
     grads_and_vars = optimizer.compute_gradients(loss, var_list=[w])
     train = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
     return optimizer, w, x, grads_and_vars[0][0], train, global_step
@@ -92,6 +95,21 @@ def test_loss_scaling_unscales_skips_overflows_halves_and_grows_by_hand():
             # At 4 * 10000 = 40000 the same input is finite again: the step applies the true gradient.
             session.run(train, {x: 1e4})
             assert session.run(state) == [-1.0 - 0.5 * 1e4, 4.0, 1, 4]
+
+
+def test_with_accumulation_an_overflowing_micro_batch_is_dropped_and_still_counts():
+    with tf.Graph().as_default():
+        optimizer, w, x, _, train, global_step = _one_weight_graph(accumulate_steps=2, initial_loss_scale=8.0)
+        state = [w, optimizer.loss_scale, optimizer.skipped_steps, global_step]
+        with tf1.Session() as session:
+            session.run([tf1.global_variables_initializer(), tf1.local_variables_initializer()])
+            session.run(train, {x: 3.0})  # kept, gradient 3
+            assert session.run(state) == [2.0, 8.0, 0, 0]
+            session.run(train, {x: 1e4})  # 8 * 1e4 overflows: dropped; the accumulation applies the kept one
+            assert session.run(state) == [2.0 - 0.5 * 3.0, 4.0, 1, 1]
+            session.run(train, {x: 1e5})  # both micro-batches overflow: only the step counts
+            session.run(train, {x: 1e5})
+            assert session.run(state) == [0.5, 1.0, 3, 2]
 
 
 def test_the_loss_scale_stops_at_its_floor_and_endless_overflows_stop_training():
@@ -123,7 +141,7 @@ def test_the_wrapper_shares_the_wrapped_optimizers_slots():
         # Its own state is local: never in a checkpoint, so any precision restores any checkpoint.
         assert {v.op.name for v in tf1.local_variables()} == {
             "DynamicLossScale/loss_scale", "DynamicLossScale/finite_steps_in_a_row", "DynamicLossScale/skipped_steps",
-            "DynamicLossScale/skipped_steps_in_a_row"}
+            "DynamicLossScale/skipped_steps_in_a_row", "DynamicLossScale/applied_updates"}
         assert not any("DynamicLossScale" in v.op.name for v in tf1.global_variables())
 
 

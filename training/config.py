@@ -162,8 +162,15 @@ class TrainingConfig:
     ftrl_initial_accumulator_value: float = _option(0.1, "FTRL initial accumulator.", positive())
     ftrl_l1: float = _option(0.0, "FTRL L1.", non_negative())
     ftrl_l2: float = _option(0.0, "FTRL L2.", non_negative())
-    clip_gradient_norm: float = _option(0.0, "Clip the averaged gradients to this global norm (0: off).",
-                                        non_negative())
+    clip_gradient_norm: float = _option(0.0, "Clip the averaged gradients to this global norm (0: off); with "
+                                        "--accumulate_steps, the accumulated gradient.", non_negative())
+    accumulate_steps: int = _option(
+        1, "Gradient accumulation: accumulate the gradients of this many micro-batches and apply them as one "
+        "update, so that one global step trains on an effective batch of accumulate_steps x num_clones x "
+        "batch_size images at the memory of batch_size (a step takes accumulate_steps times as long). The "
+        "micro-batches' gradients are weighted by their positives, as the loss normalisation divides them, so "
+        "the update is the big batch's; the learning-rate schedule, --num_epochs, the moving average, logs and "
+        "summaries count applied updates. 1: off. Not with --sync_replicas.", positive_int())
     moving_average_decay: float | None = _option(
         None, "Keep an EMA of the weights (used by eval and export).",
         unit_interval(low_inclusive=False, high_inclusive=False, optional=True))
@@ -171,7 +178,7 @@ class TrainingConfig:
         None, "Stop at this global step (default: train until interrupted).", positive_int(optional=True))
     num_epochs: float | None = _option(
         None, "Stop after this many epochs of the training split, counted from global step 0 at the global batch "
-        "(batch_size x num_clones x replicas per step): the alternative to --max_number_of_steps.",
+        "(batch_size x num_clones x accumulate_steps x replicas per step): the alternative to --max_number_of_steps.",
         positive(optional=True))
     max_train_minutes: float | None = _option(
         None, "Stop after this many minutes of training in this run (from its first step), with a final "
@@ -303,6 +310,10 @@ class TrainingConfig:
             problems.append("--precision=mixed_fp16 cannot be combined with --sync_replicas (its loss scaling skips "
                             "overflowing steps, which SyncReplicasOptimizer's aggregation cannot); use "
                             "--precision=mixed_bf16, which needs no loss scaling")
+        if self.sync_replicas and isinstance(self.accumulate_steps, int) and self.accumulate_steps > 1:
+            problems.append("--accumulate_steps cannot be combined with --sync_replicas (SyncReplicasOptimizer "
+                            "aggregates one update per worker run); --replicas_to_aggregate already makes the "
+                            "batch of a step bigger")
         command_line.check_options(self, OPTION_RULES, problems)
         return self
 
@@ -337,8 +348,8 @@ class TrainingConfig:
 
     @property
     def images_per_clone_step(self):
-        """Images of one global step on this replica: batch_size x num_clones."""
-        return self.batch_size * self.num_clones
+        """Images of one global step on this replica: batch_size x num_clones x accumulate_steps."""
+        return self.batch_size * self.num_clones * self.accumulate_steps
 
 
 def _default(name):

@@ -4,7 +4,8 @@ Placement follows :mod:`deployment.model_deploy`: the input pipeline (read, pars
 [encode targets], batch) and every variable on the CPU (or the ps tasks); each clone dequeues its
 own batch and builds the network (:func:`nets.nets_factory.network_fn_of`) and the multibox loss on
 its device; the clone gradients are averaged on the optimizer device and applied there
-(:func:`deployment.train_op.build_train_op`).
+(:func:`deployment.train_op.build_train_op`), with ``--accumulate_steps`` once every K runs, the weighted
+mean of the K micro-batches' (:mod:`deployment.gradient_accumulation`).
 
 Every function takes a :class:`training.config.TrainingConfig` and plain values, so each part can be
 built and tested alone; :func:`build_training_graph` puts them together.
@@ -16,7 +17,8 @@ import dataclasses
 import tensorflow as tf
 
 from datasets import dataset_factory
-from deployment import cluster, learning_rate as lr_lib, mixed_precision, model_deploy, optimizers, summaries
+from deployment import cluster, gradient_accumulation, learning_rate as lr_lib, mixed_precision, model_deploy
+from deployment import optimizers, summaries
 from deployment import train_op as train_op_lib
 from nets import matching, multibox_loss, nets_factory, ssd_vgg_common
 from preprocessing import preprocessing_factory, seeds, visualization
@@ -146,11 +148,30 @@ def build_clones(config, net, iterator, deploy_config):
     return model_deploy.create_clones(deploy_config, make_clone_fn(config, net, clone_inputs))
 
 
+def micro_batch_weight(config, clone_inputs, deploy_config):
+    """What one micro-batch's gradient weighs in an accumulated update (--accumulate_steps): with
+    ``--loss_normalization=step`` the positives of all clones' batches, which the loss was divided by
+    (so that the weighted mean is the gradient of the accumulated batch as one, see
+    :mod:`deployment.gradient_accumulation`); None (equal weights) with 'clone'."""
+    if config.loss_normalization != "step":
+        return None
+    with tf1.device(deploy_config.optimizer_device()), tf.name_scope("micro_batch_weight"):
+        return tf.add_n([multibox_loss.count_positives(inputs.targets) for inputs in clone_inputs],
+                        name="step_positives")
+
+
 def replicas_per_step(config, deploy_config):
     """Replica batches one global step trains on: all aggregated ones in sync mode, one when async."""
     if deploy_config.num_ps_tasks > 0 and config.sync_replicas:
         return config.replicas_to_aggregate or deploy_config.num_replicas
     return 1
+
+
+def batches_per_step(config, deploy_config):
+    """Batches of each clone one global step trains on: the aggregated replicas' (sync mode) times the
+    accumulated micro-batches (--accumulate_steps). One global step trains on
+    ``batch_size x num_clones x batches_per_step`` images."""
+    return replicas_per_step(config, deploy_config) * config.accumulate_steps
 
 
 def loss_terms_of(clone):
@@ -178,7 +199,7 @@ def build_optimizer(config, learning_rate):
 def schedule_steps(config, num_samples, deploy_config):
     """(warmup steps, piecewise boundaries in steps or None): the schedule's options given in steps, or in
     epochs (--warmup_epochs, --learning_rate_boundaries_epochs) converted by ``lr_lib.epochs_to_steps``."""
-    images = (num_samples, config.batch_size, deploy_config.num_clones, replicas_per_step(config, deploy_config))
+    images = (num_samples, config.batch_size, deploy_config.num_clones, batches_per_step(config, deploy_config))
     warmup_steps = config.warmup_steps if config.warmup_epochs is None else lr_lib.epochs_to_steps(
         config.warmup_epochs, *images)
     boundaries, _ = config.learning_rate_piecewise
@@ -200,7 +221,7 @@ def build_learning_rate(config, global_step, num_samples, deploy_config, new_lay
             decay_rate=config.learning_rate_decay_factor, end_learning_rate=config.end_learning_rate,
             boundaries=boundaries, values=values, warmup_steps=warmup_steps, num_samples_per_epoch=num_samples,
             num_epochs_per_decay=config.num_epochs_per_decay, batch_size=config.batch_size,
-            num_clones=deploy_config.num_clones, num_replicas=replicas_per_step(config, deploy_config),
+            num_clones=deploy_config.num_clones, num_replicas=batches_per_step(config, deploy_config),
         )
 
     if not new_layers_only_steps:
@@ -227,6 +248,8 @@ class TrainingGraph:
     new_layers_only_steps: int
     warmup_steps: int = 0  # of the learning rate (and again at the phase switch), in global steps
     loss_scale_optimizer: object = None  # mixed_precision.DynamicLossScaleOptimizer with --precision=mixed_fp16
+    # --accumulate_steps > 1: the weight of a micro-batch's gradient and loss (None: equal weights).
+    micro_batch_weight: tf.Tensor | None = None
 
 
 def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_scopes=(), new_layers_only_steps=0,
@@ -248,7 +271,8 @@ def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_sco
                                       deploy_config.replica_id)
         iterator = tf1.data.make_one_shot_iterator(dataset)
 
-    clones = build_clones(config, net, iterator, deploy_config)
+    clone_inputs = dequeue_clone_inputs(config, net, iterator, deploy_config)
+    clones = model_deploy.create_clones(deploy_config, make_clone_fn(config, net, clone_inputs))
     first_clone = clones[0]
 
     sync = deploy_config.num_ps_tasks > 0 and config.sync_replicas
@@ -260,14 +284,29 @@ def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_sco
         learning_rate = build_learning_rate(config, global_step, spec.num_samples, deploy_config,
                                             new_layers_only_steps)
         optimizer = build_optimizer(config, learning_rate)
-        loss_scale_optimizer = None
-        if mixed_precision.needs_loss_scaling(config.precision):
-            loss_scale_optimizer = optimizer = mixed_precision.DynamicLossScaleOptimizer(optimizer)
         sync_optimizer = None
         if sync:
             sync_optimizer = optimizer = cluster.SyncReplicasOptimizer(
                 optimizer, replicas_to_aggregate=replicas_per_step(config, deploy_config),
                 total_num_replicas=deploy_config.num_replicas)
+        accumulating, weight, clip_gradient_norm = None, None, config.clip_gradient_norm
+        if config.accumulate_steps > 1:
+            # Clipping moves into the accumulation: the applied gradient (the big batch's) is clipped, not each
+            # micro-batch's.
+            weight = micro_batch_weight(config, clone_inputs, deploy_config)
+            accumulating = optimizer = gradient_accumulation.GradientAccumulationOptimizer(
+                optimizer, config.accumulate_steps, micro_batch_weight=weight,
+                clip_gradient_norm=config.clip_gradient_norm)
+            clip_gradient_norm = 0.0
+        # Outermost, so that each micro-batch's backward pass is scaled and an overflowing one is dropped.
+        loss_scale_optimizer = None
+        if mixed_precision.needs_loss_scaling(config.precision):
+            loss_scale_optimizer = optimizer = mixed_precision.DynamicLossScaleOptimizer(optimizer)
+    applied_updates = None  # the moving average follows applied updates only
+    if accumulating is not None:
+        applied_updates = accumulating.applied_updates
+    elif loss_scale_optimizer is not None:
+        applied_updates = loss_scale_optimizer.applied_updates
 
     first_phase_variables = None
     trainable_scopes = config.trainable_scopes
@@ -280,8 +319,9 @@ def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_sco
     train = train_op_lib.build_train_op(
         deploy_config, clones, optimizer, global_step=global_step,
         variables_to_train=train_op_lib.get_variables_to_train(trainable_scopes, frozen_scopes),
-        clip_gradient_norm=config.clip_gradient_norm, moving_average_decay=config.moving_average_decay,
+        clip_gradient_norm=clip_gradient_norm, moving_average_decay=config.moving_average_decay,
         first_phase_variables=first_phase_variables,
+        applied_updates=applied_updates,
     )
 
     summaries.add_loss_summaries(train.total_loss, clones)
@@ -304,6 +344,6 @@ def build_training_graph(config, spec, deploy_config, data_seed=None, frozen_sco
         net=net, deploy_config=deploy_config, global_step=global_step, clones=clones, train=train,
         learning_rate=learning_rate, optimizer=optimizer, iterator=iterator, loss_terms=loss_terms_of(first_clone),
         sync_optimizer=sync_optimizer, new_layers_only_steps=new_layers_only_steps,
-        warmup_steps=schedule_steps(config, spec.num_samples, deploy_config)[0],
+        warmup_steps=schedule_steps(config, spec.num_samples, deploy_config)[0], micro_batch_weight=weight,
         loss_scale_optimizer=loss_scale_optimizer,
     )

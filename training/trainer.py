@@ -52,7 +52,7 @@ def train(config):
             if start_from:
                 checkpoint_integrity.verify_checkpoint(start_from, "pass another --checkpoint_path")
     data_seed = plan_lib.data_seed_for(config.seed, plan_lib.starting_global_step(config.train_dir))
-    images_per_step = config.batch_size * deploy_config.num_clones * graph_lib.replicas_per_step(config, deploy_config)
+    images_per_step = config.batch_size * deploy_config.num_clones * graph_lib.batches_per_step(config, deploy_config)
     network = graph_lib.build_network(config, spec.num_classes)
     training_plan = plan_lib.resolve_training_plan(config, network.name, spec.num_samples, images_per_step)
     last_step = plan_lib.last_global_step(config, spec.num_samples, images_per_step)
@@ -75,9 +75,11 @@ def train(config):
             new_layers_only_steps=training_plan.new_layers_only_steps,
             first_phase_scopes=training_plan.first_phase_scopes)
         path = record.write(config.train_dir) if machine.is_chief else "the chief's train_dir"
-        logging.info("Training %s on %s/%s (%d images, %d classes incl. background), %d clone(s) x batch %d, "
+        accumulation = (f" x {config.accumulate_steps} accumulated micro-batches = {images_per_step} images per "
+                        "global step" if config.accumulate_steps > 1 else "")
+        logging.info("Training %s on %s/%s (%d images, %d classes incl. background), %d clone(s) x batch %d%s, "
                      "%d anchors, on %s; configuration in %s", parts.net.name, spec.name, spec.split_name,
-                     spec.num_samples, spec.num_classes, deploy_config.num_clones, config.batch_size,
+                     spec.num_samples, spec.num_classes, deploy_config.num_clones, config.batch_size, accumulation,
                      parts.net.num_anchors, machine.describe(), path)
         init_fn = None
         if machine.is_chief:
@@ -161,12 +163,13 @@ def make_train_step_fn(config, parts, training_plan, is_chief, after_step_hooks=
                               skipped_steps=parts.loss_scale_optimizer.skipped_steps)
     train_step_fn = train_op_lib.make_train_step_fn(
         tensors_to_log=tensors_to_log,
-        images_per_step=config.batch_size * parts.deploy_config.num_clones,
+        images_per_step=config.batch_size * parts.deploy_config.num_clones * config.accumulate_steps,
         summary_op=_merge_summaries(parts.train.summaries) if is_chief else None, summary_writer=summary_writer,
         save_summaries_secs=config.save_summaries_secs,
         max_train_seconds=None if config.max_train_minutes is None else 60.0 * config.max_train_minutes,
         first_phase=first_phase, after_step_hooks=after_step_hooks, steps_per_epoch=steps_per_epoch,
-        last_step=last_step,
+        last_step=last_step, micro_batches=config.accumulate_steps, micro_batch_weight=parts.micro_batch_weight,
+        loss_names=tuple(parts.loss_terms),
     )
     return train_step_fn, summary_writer
 
