@@ -13,11 +13,21 @@ the peak memory belong to that configuration alone), interleaved over ``--repeat
 - ``towers_1_frozen_vgg``: 1 clone with the whole VGG-16 base (conv1..conv5) frozen: only SSD's own
   layers train.
 
+Any ``towers_*`` configuration takes suffixes for the scale options: ``_bf16`` / ``_fp16``
+(``--precision=mixed_bf16`` / ``mixed_fp16``) and ``_xla`` (``--xla``), e.g.
+``towers_1_frozen_conv1_conv2_bf16_xla``.
+
+``--baseline_repo`` measures configurations written ``baseline:<name>`` with that checkout's own
+``bench/bench_train.py`` (e.g. a ``git worktree`` of the commit before a change), in the same rounds as
+the others: a change and its baseline side by side, on the same data and the same machine load.
+
 Prints one JSON object per configuration (images/s min and median over rounds, peak RSS) and the
-ratios of medians against ``plain``. Data: BCCD converted to TFRecords in a temporary folder (or
-``--dataset_dir``), else the built-in sample dataset.
+ratios of medians against ``plain`` and against each baseline configuration. Data: BCCD converted to
+TFRecords in a temporary folder (or ``--dataset_dir``), else the built-in sample dataset.
 
     python bench/bench_train.py [--batch_size 4 --steps 10 --warmup 3 --repeats 3 --image_size 300]
+    git worktree add /tmp/before <commit> && python bench/bench_train.py --baseline_repo /tmp/before \
+        --configs baseline:towers_1_frozen_conv1_conv2,towers_1_frozen_conv1_conv2_bf16
 """
 
 import json
@@ -43,6 +53,22 @@ CONFIGS = ("plain", "towers_1", "towers_2", "towers_1_encode_in_tower", "towers_
            "towers_1_frozen_vgg")
 FROZEN = {"towers_1_frozen_conv1_conv2": ("conv1", "conv2"),
           "towers_1_frozen_vgg": ("conv1", "conv2", "conv3", "conv4", "conv5")}
+# Suffixes of a towers_* configuration: TrainingConfig options.
+SUFFIX_OPTIONS = {"_bf16": {"precision": "mixed_bf16"}, "_fp16": {"precision": "mixed_fp16"}, "_xla": {"xla": True}}
+BASELINE = "baseline:"
+
+
+def split_config(config):
+    """'towers_1_frozen_vgg_bf16_xla' -> ('towers_1_frozen_vgg', {'precision': 'mixed_bf16', 'xla': True})."""
+    options = {}
+    while True:
+        for suffix, suffix_options in SUFFIX_OPTIONS.items():
+            if config.endswith(suffix) and config != "plain":
+                config = config[: -len(suffix)]
+                options.update({k: v for k, v in suffix_options.items() if k not in options})
+                break
+        else:
+            return config, options
 BCCD_DIR = REPO_ROOT.parent / "shared" / "data" / "BCCD"
 
 
@@ -89,6 +115,8 @@ def run_one(config, args):
     from training.config import TrainingConfig
 
     tf1.disable_eager_execution()
+    name = config
+    config, scale_options = split_config(config)
     num_clones = 2 if config == "towers_2" else 1
     if num_clones > 1:
         devices.split_cpu_into_logical_devices(num_clones)
@@ -96,7 +124,7 @@ def run_one(config, args):
         image_size=str(args.image_size), batch_size=args.batch_size // num_clones, num_clones=num_clones,
         clone_on_cpu=num_clones > 1, num_readers=2, num_preprocessing_threads=2,
         encode_targets_in="tower" if config == "towers_1_encode_in_tower" else "input",
-        summarize_activations=False, summarize_variables=False, num_summary_images=0,
+        summarize_activations=False, summarize_variables=False, num_summary_images=0, **scale_options,
     )
     spec = dataset_factory.get_dataset(None, "trainval", args.dataset_dir)
     with tf.Graph().as_default():
@@ -115,7 +143,7 @@ def run_one(config, args):
                 session.run(step)
             elapsed = time.perf_counter() - start
     return {
-        "config": config,
+        "config": name,
         "images_per_sec": args.batch_size * args.steps / elapsed,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
@@ -150,7 +178,22 @@ def define_flags(flag_values):
     flags.DEFINE_string("configs", ",".join(CONFIGS), "comma-separated configurations to measure", **fv)
     flags.DEFINE_string("dataset_dir", None, "a converted dataset (default: BCCD, else the sample dataset)", **fv)
     flags.DEFINE_string("one", None, "(internal) child process: measure this configuration", **fv)
+    flags.DEFINE_string("baseline_repo", None, "A checkout of another commit: configurations written "
+                        "'baseline:<name>' are measured with its bench/bench_train.py.", **fv)
     return flag_values
+
+
+def unknown_configs(configs, baseline_repo):
+    unknown = []
+    for config in configs:
+        if config.startswith(BASELINE):
+            if not baseline_repo:
+                unknown.append(f"{config} (needs --baseline_repo)")
+            continue
+        base, _ = split_config(config)
+        if base not in CONFIGS or (base == "plain" and base != config):
+            unknown.append(config)
+    return unknown
 
 
 def main(argv=None):
@@ -161,18 +204,23 @@ def main(argv=None):
         return
 
     configs = [c for c in args.configs.split(",") if c]
-    unknown = set(configs) - set(CONFIGS)
+    unknown = unknown_configs(configs, args.baseline_repo)
     if unknown:
-        raise SystemExit(f"unknown configs {sorted(unknown)}; choose from {CONFIGS}")
+        raise SystemExit(f"unknown configs {unknown}; choose from {CONFIGS} (towers_* with the suffixes "
+                         f"{', '.join(SUFFIX_OPTIONS)}), or baseline:<name> with --baseline_repo")
     with tempfile.TemporaryDirectory() as work_dir:
         dataset_dir = prepare_dataset(args, work_dir)
         results = {config: [] for config in configs}
         for _ in range(args.repeats):
             for config in configs:
-                command = [sys.executable, __file__, f"--one={config}", f"--dataset_dir={dataset_dir}",
+                script, one, cwd = __file__, config, None
+                if config.startswith(BASELINE):
+                    script = os.path.join(args.baseline_repo, "bench", "bench_train.py")
+                    one, cwd = config[len(BASELINE):], args.baseline_repo
+                command = [sys.executable, script, f"--one={one}", f"--dataset_dir={dataset_dir}",
                            f"--batch_size={args.batch_size}", f"--image_size={args.image_size}",
                            f"--steps={args.steps}", f"--warmup={args.warmup}"]
-                out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+                out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=cwd).stdout
                 results[config].append(json.loads(out.strip().splitlines()[-1]))
     medians = {}
     for config, runs in results.items():
@@ -193,6 +241,12 @@ def main(argv=None):
                 print(json.dumps({"what": "throughput ratio vs plain single-tower step", "config": {"name": config},
                                   "value": round(median / medians["plain"], 3), "unit": "x", "machine": machine()}),
                       flush=True)
+    for baseline in (config for config in medians if config.startswith(BASELINE)):
+        for config, median in medians.items():
+            if not config.startswith(BASELINE):
+                print(json.dumps({"what": f"throughput ratio vs {baseline}", "config": {"name": config},
+                                  "value": round(median / medians[baseline], 3), "unit": "x",
+                                  "machine": machine()}), flush=True)
 
 
 if __name__ == "__main__":
