@@ -19,6 +19,11 @@ statistics, are not gated: they may absorb the bad step, but training stops befo
 later save.) It fails the step with an error naming the term and the global step;
 :func:`make_train_step_fn` turns that error into :class:`NonFiniteLossError`, which stops
 ``slim.learning.train`` with that message.
+
+With float16 loss scaling (an optimizer with ``skips_non_finite_gradients``, see
+:mod:`deployment.mixed_precision`) non-finite gradients are an overflow the optimizer skips: the
+guard then checks the unscaled loss terms only, and the optimizer's overflow guard stops training
+when every step overflows for too long (:func:`describe_nan_guard_error` words both).
 """
 
 import collections

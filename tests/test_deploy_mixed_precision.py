@@ -271,7 +271,7 @@ def test_a_float16_run_resumes_in_bfloat16_and_logs_its_loss_scale(sample_datase
         return result.stderr
 
     log = train("mixed_fp16", 2)
-    assert "loss_scale = 32768" in log and "skipped_steps = " in log
+    assert "towers in mixed_fp16" in log and "loss_scale = 32768" in log and "skipped_steps = " in log
     log = train("mixed_bf16", 3)
     assert "Initialization: resuming" in log or "resum" in log.lower()
     assert "loss_scale" not in log

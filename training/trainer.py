@@ -77,10 +77,12 @@ def train(config):
         path = record.write(config.train_dir) if machine.is_chief else "the chief's train_dir"
         accumulation = (f" x {config.accumulate_steps} accumulated micro-batches = {images_per_step} images per "
                         "global step" if config.accumulate_steps > 1 else "")
-        logging.info("Training %s on %s/%s (%d images, %d classes incl. background), %d clone(s) x batch %d%s, "
+        arithmetic = "" if config.precision == "fp32" else f", towers in {config.precision}"
+        arithmetic += ", towers compiled by XLA" if config.xla else ""
+        logging.info("Training %s on %s/%s (%d images, %d classes incl. background), %d clone(s) x batch %d%s%s, "
                      "%d anchors, on %s; configuration in %s", parts.net.name, spec.name, spec.split_name,
                      spec.num_samples, spec.num_classes, deploy_config.num_clones, config.batch_size, accumulation,
-                     parts.net.num_anchors, machine.describe(), path)
+                     arithmetic, parts.net.num_anchors, machine.describe(), path)
         init_fn = None
         if machine.is_chief:
             plan = checkpoint_init.plan_initialization(config.train_dir, config.checkpoint_path,
