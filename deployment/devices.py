@@ -22,6 +22,23 @@ def available_gpus():
     return [device.name for device in tf.config.list_physical_devices("GPU")]
 
 
+CPUINFO = "/proc/cpuinfo"
+# CPU flags (Linux /proc/cpuinfo) of the instructions that compute bfloat16 natively: AVX-512 BF16 and AMX.
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_computes_bfloat16(cpuinfo_path=CPUINFO):
+    """Whether this CPU has bfloat16 arithmetic (one of ``BFLOAT16_CPU_FLAGS``); False where it cannot tell."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return any(flag in line.split() for flag in BFLOAT16_CPU_FLAGS)
+    except OSError:
+        return False
+    return False
+
+
 def logical_cpu_devices():
     """Names of the logical CPU devices of the runtime context (starts the runtime)."""
     return [device.name for device in tf.config.list_logical_devices("CPU")]

@@ -278,3 +278,24 @@ def test_a_float16_run_resumes_in_bfloat16_and_logs_its_loss_scale(sample_datase
     reader = tf.train.load_checkpoint(str(train_dir))
     assert int(reader.get_tensor("global_step")) == 3
     assert not any("DynamicLossScale" in name for name in reader.get_variable_to_shape_map())
+
+
+# ----------------------------------------------------------------------------- --precision=auto
+
+
+def test_auto_precision_is_bfloat16_only_on_a_bfloat16_cpu_without_a_gpu(tmp_path):
+    from deployment import devices as devices_lib
+    from training import plan
+
+    auto = TrainingConfig(precision="auto")
+    assert plan.resolve_precision(auto, gpu_visible=False, cpu_bfloat16=True).precision == "mixed_bf16"
+    assert plan.resolve_precision(auto, gpu_visible=False, cpu_bfloat16=False).precision == "fp32"
+    assert plan.resolve_precision(auto, gpu_visible=True, cpu_bfloat16=True).precision == "fp32"
+    chosen = TrainingConfig(precision="mixed_fp16")
+    assert plan.resolve_precision(chosen, gpu_visible=False, cpu_bfloat16=True) is chosen
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_vnni avx512_bf16 fma\n")
+    assert devices_lib.cpu_computes_bfloat16(str(cpuinfo))
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16x\n")
+    assert not devices_lib.cpu_computes_bfloat16(str(cpuinfo))
+    assert not devices_lib.cpu_computes_bfloat16(str(tmp_path / "absent"))

@@ -192,9 +192,9 @@ class TrainingConfig:
     allow_growth: bool = _option(False, "Let GPU memory grow on demand instead of reserving it up front.")
     precision: str = _option(
         "fp32", "Arithmetic of the towers: fp32; mixed_bf16 (convolutions and activations in bfloat16, variables, "
-        "losses and gradient averaging in float32); mixed_fp16 (the same in float16, with dynamic loss scaling). "
-        "Checkpoints are float32 whatever the precision (deployment/mixed_precision.py).",
-        choices=mixed_precision.PRECISIONS)
+        "losses and gradient averaging in float32); mixed_fp16 (the same in float16, with dynamic loss scaling); "
+        "auto (mixed_bf16 on a CPU with bfloat16 instructions and no GPU, else fp32). Checkpoints are float32 "
+        "whatever the precision (deployment/mixed_precision.py).", choices=mixed_precision.PRECISIONS + ("auto",))
     xla: bool = _option(
         False, "Compile each tower's forward and backward pass with XLA (jit scopes around the towers).")
 

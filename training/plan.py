@@ -53,6 +53,23 @@ def resolve_batch_size(config, gpu_visible=None):
     return config.replace(batch_size=CPU_DEFAULT_BATCH_SIZE)
 
 
+def resolve_precision(config, gpu_visible=None, cpu_bfloat16=None):
+    """``config`` with ``--precision=auto`` decided (said in one line): ``mixed_bf16`` on a machine without a
+    GPU whose CPU computes bfloat16 (AVX-512 BF16 or AMX: faster at the same accuracy, BENCHMARKS.md), else
+    ``fp32`` (on GPUs the choice is the user's: bench/bench_gpu.py measures it). Other values pass."""
+    if config.precision != "auto":
+        return config
+    if gpu_visible is None:
+        gpu_visible = bool(devices.available_gpus())
+    if cpu_bfloat16 is None:
+        cpu_bfloat16 = devices.cpu_computes_bfloat16()
+    if not gpu_visible and cpu_bfloat16:
+        logging.info("--precision=auto: mixed_bf16, this CPU computes bfloat16 and no GPU is visible "
+                     "(--precision=fp32 for float32 towers)")
+        return config.replace(precision="mixed_bf16")
+    return config.replace(precision="fp32")
+
+
 def last_global_step(config, num_samples, images_per_step):
     """The global step the run stops at: ``--max_number_of_steps``, or ``--num_epochs`` of the
     ``num_samples`` training images at ``images_per_step`` (at least 1 step); None: until interrupted."""

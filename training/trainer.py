@@ -34,7 +34,7 @@ ANCHOR_COVERAGE_IMAGES = 1000
 
 def train(config):
     """Runs training as ``config`` says; returns the final total loss (a ps task serves until killed)."""
-    config = plan_lib.resolve_batch_size(config.check())
+    config = plan_lib.resolve_precision(plan_lib.resolve_batch_size(config.check()))
     machine = machines_lib.machines_for(config)
     if machine.serves_only:
         return machine.serve()
