@@ -611,7 +611,7 @@ def sweep(args, num_gpus):
             return pool.submit(run_child, child_command(args, dataset_dir, *extra), args.config_timeout,
                                args.cpu_smoke)
 
-        placement_towers = max(num_gpus, SMOKE_TOWERS if args.cpu_smoke else 1)
+        placement_towers = args.placement_towers or num_gpus or SMOKE_TOWERS
         placement = start("--check_placement", f"--placement_towers={placement_towers}")
         if processes == 1:  # nothing is timed before the placement is known to be right
             check_placement_result(placement.result())
@@ -663,8 +663,8 @@ def define_flags(flag_values):
                       "configurations, towers on logical CPU devices; no GPU figures.", **fv)
     flags.DEFINE_bool("check_placement", False, "Only the placement check (see the doc); exit status 1 when an "
                       "op is misplaced.", **fv)
-    flags.DEFINE_integer("placement_towers", None, "Towers of the placement check's graph (default: the visible "
-                         "GPUs, at least 2).", lower_bound=1, **fv)
+    flags.DEFINE_integer("placement_towers", None, "Towers of the placement check's graph (default: one per "
+                         f"visible GPU, {SMOKE_TOWERS} without any).", lower_bound=1, **fv)
     flags.DEFINE_integer("placement_batch_size", 2, "Images per tower of the placement check's graph.",
                          lower_bound=1, **fv)
     flags.DEFINE_integer("config_timeout", 3600, "Seconds one configuration's process may take.", lower_bound=1,
@@ -676,7 +676,7 @@ def define_flags(flag_values):
 def main(argv=None):
     args = command_line.parse_flags(define_flags(flags.FlagValues()), argv, __doc__)
     if args.cpu_smoke:
-        # The reduced mode's sizes, unless the command line chose its own steps.
+        # The reduced mode's sizes: fewer steps than these only if the command line asks for fewer.
         args.image_size = SMOKE_IMAGE_SIZE
         args.steps = min(args.steps, SMOKE_STEPS)
         args.warmup = min(args.warmup, SMOKE_WARMUP)
@@ -691,7 +691,7 @@ def main(argv=None):
         def work():
             with tempfile.TemporaryDirectory() as work_dir:
                 dataset_dir = bench_common.prepare_dataset(args.dataset_dir, work_dir)
-                result = check_placement(args, dataset_dir, args.placement_towers or max(num_gpus, 2))
+                result = check_placement(args, dataset_dir, args.placement_towers or num_gpus or SMOKE_TOWERS)
             print(json.dumps(result), flush=True)
             if not result["ok"]:
                 print(f"ERROR: placement check failed: {result['error']}", file=sys.stderr, flush=True)
