@@ -77,7 +77,7 @@ SMOKE_CONFIGURATIONS = (
     ("fp32", "NCHW", False, 1, "synthetic"),
 )
 # The smoke mode's figures mean nothing, so its processes run two at a time and XLA compiles for the CPU
-# without LLVM's optimisations (a third of the compile time); a real sweep runs one process at a time.
+# without LLVM's optimisations (about a third less compile time); a real sweep runs one process at a time.
 SMOKE_PARALLEL_PROCESSES = 2
 SMOKE_XLA_FLAGS = "--xla_backend_optimization_level=0"
 NCHW_ON_CPU = "NCHW convolutions have no CPU kernel in TensorFlow: measured on GPUs only"

@@ -174,3 +174,46 @@ def test_sweep_flags_are_checked_and_towers_all_means_every_gpu(bench_gpu):
     args.precisions = "fp8"
     with pytest.raises(command_line.UsageError, match="--precisions: unknown"):
         bench_gpu.sweep_configurations(args, 4)
+
+
+# ----------------------------------------------------------------------------- failures stay lines of the sweep
+
+
+def test_a_configuration_out_of_gpu_memory_is_a_line_with_an_error_and_the_sweep_goes_on(bench_gpu, capsys,
+                                                                                         monkeypatch):
+    def out_of_memory(config, args):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[64,64,300,300]")
+
+    monkeypatch.setattr(bench_gpu, "run_one", out_of_memory)
+    config = bench_gpu.Configuration(64, "fp32", "NCHW", False, 1, "real")
+    args = command_line.parse_flags(bench_gpu.define_flags(bench_gpu.flags.FlagValues()),
+                                    [f"--one={config.to_json()}"])
+    assert bench_gpu.child_main(args) == command_line.EXIT_TENSORFLOW
+    (child_line,) = _lines(capsys.readouterr().out)
+    assert child_line["error"].startswith("out of memory: OOM when allocating tensor")
+
+    line = bench_gpu.summarise(config, [child_line], args, machine={})
+    assert line["error"] == child_line["error"] and "value" not in line
+    real = bench_gpu.Configuration(32, "mixed_fp16", "NHWC", True, 1, "real").as_dict()
+    synthetic = bench_gpu.Configuration(32, "mixed_fp16", "NHWC", True, 1, "synthetic").as_dict()
+    measured = [{"config": real, "value": 600.0, "unit": "images/s per GPU (median)"},
+                {"config": synthetic, "value": 800.0, "unit": "images/s per GPU (median)"}]
+    summary = bench_gpu.summary_line([line, *measured], machine={})
+    assert summary["failed"] == 1 and summary["measured"] == 2 and summary["best"] == synthetic
+    assert summary["real_over_synthetic"] == 0.75  # the input pipeline limits this configuration
+
+    crashed = bench_gpu.run_child([sys.executable, "-c", "import sys; sys.exit('Segmentation fault')"], timeout=60)
+    assert crashed == {"error": "exit status 1: Segmentation fault"}
+
+
+def test_a_failed_placement_check_exits_1_naming_the_ops(bench_gpu, capsys, monkeypatch):
+    failed = {"what": "placement check", "ok": False,
+              "error": "misplaced ops: clone_1/Conv2D (Conv2D) on /device:CPU:0, expected /device:GPU:1"}
+    monkeypatch.setattr(bench_gpu, "check_placement", lambda args, dataset_dir, num_towers: failed)
+    monkeypatch.setattr(bench_gpu.bench_common, "prepare_dataset", lambda dataset_dir, work_dir: "unused")
+    with pytest.raises(SystemExit) as stopped:
+        bench_gpu.main(["--check_placement"])
+    assert stopped.value.code == 1
+    captured = capsys.readouterr()
+    assert _lines(captured.out) == [failed]
+    assert "ERROR: placement check failed: misplaced ops: clone_1/Conv2D (Conv2D) on /device:CPU:0" in captured.err
