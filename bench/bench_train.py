@@ -33,8 +33,6 @@ TFRecords in a temporary folder (or ``--dataset_dir``), else the built-in sample
 import json
 import os
 import pathlib
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,6 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
+import bench_common  # noqa: E402
 import command_line  # noqa: E402
 
 CONFIGS = ("plain", "towers_1", "towers_2", "towers_1_encode_in_tower", "towers_1_frozen_conv1_conv2",
@@ -69,13 +68,6 @@ def split_config(config):
                 break
         else:
             return config, options
-BCCD_DIR = REPO_ROOT.parent / "shared" / "data" / "BCCD"
-
-
-def machine():
-    import tensorflow as tf
-
-    return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, TF {tf.__version__}"
 
 
 def build_plain_step(opts, spec):
@@ -145,27 +137,8 @@ def run_one(config, args):
     return {
         "config": name,
         "images_per_sec": args.batch_size * args.steps / elapsed,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mib": bench_common.peak_rss_mib(),
     }
-
-
-def prepare_dataset(args, work_dir):
-    if args.dataset_dir:
-        return args.dataset_dir
-    sys.path.insert(0, str(REPO_ROOT))
-    import package_guard
-
-    package_guard.ensure_project_packages()
-    if (BCCD_DIR / "Annotations").is_dir():
-        from datasets import converter
-
-        out = os.path.join(work_dir, "bccd")
-        converter.convert([str(BCCD_DIR)], out, "bccd", converter.ConversionOptions(splits=("trainval", "test")),
-                          quiet=True)
-        return out
-    from datasets import sample_data
-
-    return sample_data.ensure_sample_dataset(cache_dir=os.path.join(work_dir, "sample"))
 
 
 def define_flags(flag_values):
@@ -209,7 +182,7 @@ def main(argv=None):
         raise SystemExit(f"unknown configs {unknown}; choose from {CONFIGS} (towers_* with the suffixes "
                          f"{', '.join(SUFFIX_OPTIONS)}), or baseline:<name> with --baseline_repo")
     with tempfile.TemporaryDirectory() as work_dir:
-        dataset_dir = prepare_dataset(args, work_dir)
+        dataset_dir = bench_common.prepare_dataset(args.dataset_dir, work_dir)
         results = {config: [] for config in configs}
         for _ in range(args.repeats):
             for config in configs:
@@ -233,20 +206,20 @@ def main(argv=None):
                 "data": os.path.basename(dataset_dir.rstrip("/"))},
             "value": round(medians[config], 3), "unit": "images/s (median)", "min": round(min(rates), 3),
             "max": round(max(rates), 3),
-            "peak_rss_mib": round(max(run["peak_rss_mib"] for run in runs), 1), "machine": machine(),
+            "peak_rss_mib": round(max(run["peak_rss_mib"] for run in runs), 1), "machine": bench_common.machine(),
         }), flush=True)
     if "plain" in medians:
         for config, median in medians.items():
             if config != "plain":
                 print(json.dumps({"what": "throughput ratio vs plain single-tower step", "config": {"name": config},
-                                  "value": round(median / medians["plain"], 3), "unit": "x", "machine": machine()}),
-                      flush=True)
+                                  "value": round(median / medians["plain"], 3), "unit": "x",
+                                  "machine": bench_common.machine()}), flush=True)
     for baseline in (config for config in medians if config.startswith(BASELINE)):
         for config, median in medians.items():
             if not config.startswith(BASELINE):
                 print(json.dumps({"what": f"throughput ratio vs {baseline}", "config": {"name": config},
                                   "value": round(median / medians[baseline], 3), "unit": "x",
-                                  "machine": machine()}), flush=True)
+                                  "machine": bench_common.machine()}), flush=True)
 
 
 if __name__ == "__main__":

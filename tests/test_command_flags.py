@@ -192,6 +192,7 @@ COMMANDS = {
     "bench_distributed": (lambda: _bench("bench_distributed"), "--modes", []),
     "bench_eval": (lambda: _bench("bench_eval"), "--batch_sizes", []),
     "bench_forward": (lambda: _bench("bench_forward"), "--img_size", []),
+    "bench_gpu": (lambda: _bench("bench_gpu"), "--cpu_smoke", []),
     "bench_input_pipeline": (lambda: _bench("bench_input_pipeline"), "--parallel_calls", []),
     "bench_quality": (lambda: _bench("bench_quality"), "--evaluate_only", ["--work_dir=w"]),
     "bench_target_encoding": (lambda: _bench("bench_target_encoding"), "--boxes", []),
