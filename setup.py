@@ -45,7 +45,7 @@ setup(
         "h5py>=3.10",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100"],
     },
     package_data={"checkpoints": ["*.json", "README.md"]},
     entry_points={
