@@ -74,9 +74,3 @@ def read_split():
     """read_split(dataset_dir, split_name) -> (DatasetSpec, [example dicts as numpy]) via the eval pipeline."""
     return _read_split
 
-
-def pytest_collection_modifyitems(config, items):
-    """The end-to-end runs first (a stable sort: each file's order is kept): on 2 xdist workers the long
-    tests start early and the short ones fill in around them, instead of one long test running alone at
-    the end while the other worker waits."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
