@@ -8,6 +8,7 @@ import pathlib
 import platform
 import resource
 import sys
+import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 BCCD_DIR = REPO_ROOT.parent / "shared" / "data" / "BCCD"
@@ -18,6 +19,16 @@ def machine():
     import tensorflow as tf
 
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, TF {tf.__version__}"
+
+
+def timed_steps(session, step, warmup, steps):
+    """Seconds that ``steps`` runs of ``step`` take after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        session.run(step)
+    start = time.perf_counter()
+    for _ in range(steps):
+        session.run(step)
+    return time.perf_counter() - start
 
 
 def peak_rss_mib():

@@ -479,12 +479,7 @@ def run_one(config, args):
             first_step_secs = time.perf_counter() - start
             tower_devices = [deploy_config.clone_device(i) for i in range(config.towers)]
             executed, xla_compiled = executed_placement(metadata, tower_devices)
-            for _ in range(args.warmup):
-                session.run(step)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                session.run(step)
-            elapsed = time.perf_counter() - start
+            elapsed = bench_common.timed_steps(session, step, args.warmup, args.steps)
     images = config.batch_size * config.towers * args.steps
     return {
         "images_per_sec": images / elapsed,

@@ -37,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -128,12 +127,7 @@ def run_one(config, args):
                                                   frozen_scopes=frozen).train.train_tensor
         with tf1.Session(config=devices.session_config()) as session:
             session.run([tf1.global_variables_initializer(), tf1.local_variables_initializer()])
-            for _ in range(args.warmup):
-                session.run(step)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                session.run(step)
-            elapsed = time.perf_counter() - start
+            elapsed = bench_common.timed_steps(session, step, args.warmup, args.steps)
     return {
         "config": name,
         "images_per_sec": args.batch_size * args.steps / elapsed,
