@@ -22,7 +22,7 @@ package_guard.ensure_project_packages()
 from absl import flags, logging  # noqa: E402
 
 import command_line  # noqa: E402
-from datasets import converter, sources  # noqa: E402
+from datasets import converter, formats, sources  # noqa: E402
 
 
 def _split_names(text):
@@ -36,6 +36,9 @@ def define_flags(flag_values):
                               "a VOC root (Annotations/, JPEGImages/, ImageSets/Main/) or a labelImg folder; "
                               "repeat to merge several roots into one dataset (e.g. VOC2007 and VOC2012)",
                               required=True, **fv)
+    flags.DEFINE_enum("format", "auto", formats.FORMATS,
+                      "the annotation format of the dataset roots; auto (default) detects it per root and says what "
+                      "it found in one line", **fv)
     flags.DEFINE_string("output_dir", None, "where the shards, labels.txt and dataset_info.json go", required=True,
                         **fv)
     flags.DEFINE_string("output_name", "dataset",
@@ -93,6 +96,7 @@ def main(argv=None):
         num_shards=args.num_shards,
         num_workers=args.num_workers,
         keep_incomplete_images=args.keep_incomplete_images,
+        format=args.format,
     )
     return command_line.run_command(lambda: _convert(args, options),
                                     [((converter.ConversionError, sources.SourceError), command_line.EXIT_USAGE, None)])

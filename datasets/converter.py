@@ -1,4 +1,4 @@
-"""Converts annotated images (VOC layout or labelImg folders) into sharded TFRecords.
+"""Converts annotated images (any format datasets.formats reads) into sharded TFRecords.
 
 Two passes over the images, each parallel over worker processes:
 1. parse every annotation (safe XML) and find its image; the class list comes from here
@@ -26,7 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from datasets import conversion_report as report
-from datasets import image_checks, label_map, sources, tfrecord_schema, voc_xml
+from datasets import formats, image_checks, label_map, sources, tfrecord_schema, voc_xml
 from datasets.dataset_factory import DATASET_INFO
 
 IMAGES_PER_SHARD = 1024
@@ -50,6 +50,7 @@ class ConversionOptions:
     num_shards: int = 0  # per split; 0 chooses ceil(images / IMAGES_PER_SHARD)
     num_workers: int = 1
     keep_incomplete_images: bool = False  # keep JPEGs whose scan ends early (grey remainder), with a warning
+    format: str = "auto"  # datasets.formats.FORMATS: the roots' annotation format, or detect it per root
 
 
 @dataclasses.dataclass
@@ -81,9 +82,9 @@ def shard_glob(name, split):
 # ----------------------------------------------------------------------------- pass 1: annotations
 
 
-def _parse_annotation_task(annotation_path):
+def _parse_annotation_task(item):
     try:
-        return voc_xml.read_annotation(annotation_path), None
+        return formats.read_annotation(item), None
     except FileNotFoundError:
         return None, ("annotation", "missing annotation", "file does not exist")
     except voc_xml.UnsafeXMLError as err:
@@ -121,8 +122,7 @@ def _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split
             problems.append(report.Problem(item.annotation_path, field, report.SKIPPED_IMAGE, reason, message))
             continue
         try:
-            image_path = indexes[item.root_index].resolve(item.annotation_path, annotation.filename, item.id_stem,
-                                                          id_first=item.id_names_image)
+            image_path = _image_path(item, annotation, indexes[item.root_index])
         except LookupError as err:
             problems.append(report.Problem(item.annotation_path, "filename", report.SKIPPED_IMAGE, "missing image", str(err)))
             continue
@@ -146,6 +146,15 @@ def _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split
     return pending
 
 
+def _image_path(item, annotation, index):
+    if item.image_path is None:
+        return index.resolve(item.annotation_path, annotation.filename, item.id_stem, id_first=item.id_names_image)
+    if not os.path.isfile(item.image_path):
+        what = "is not a file" if os.path.exists(item.image_path) else "does not exist"
+        raise LookupError(f"the image {item.image_path} {what}")
+    return item.image_path
+
+
 def _check_cross_split_overlap(seen_images_by_split, problems):
     first_split_of = {}
     for split, images in seen_images_by_split.items():
@@ -157,8 +166,9 @@ def _check_cross_split_overlap(seen_images_by_split, problems):
                 first_split_of[image_key] = split
 
 
-def _class_ids(pending_by_split, options):
-    """{name: id} from the label map or the data; enforces the unknown-class policy."""
+def _class_ids(pending_by_split, options, source_class_names=None):
+    """{name: id} from the label map, else the source's own class list (COCO categories, YOLO names),
+    else the names found in the data; enforces the unknown-class policy."""
     if options.label_map_path:
         try:
             names_by_id = label_map.read_label_map(options.label_map_path)
@@ -166,6 +176,8 @@ def _class_ids(pending_by_split, options):
             raise ConversionError(str(err)) from None
         except OSError as err:
             raise ConversionError(f"label map {options.label_map_path}: {err.strerror or err}") from None
+    elif source_class_names is not None:
+        names_by_id = dict(enumerate(source_class_names, start=1))
     else:
         names = {obj.name for pending in pending_by_split.values() for p in pending for obj in p.annotation.objects if obj.name}
         names_by_id = label_map.label_map_from_names(names)
@@ -185,8 +197,9 @@ def _class_ids(pending_by_split, options):
 # ----------------------------------------------------------------------------- pass 2: images
 
 
-def clip_and_normalize(obj, width, height, class_ids, annotation_path):
-    """Returns ((ymin, xmin, ymax, xmax) relative, class id) or None, and the problems found."""
+def clip_and_normalize(obj, width, height, class_ids, annotation_path, relative=False):
+    """Returns ((ymin, xmin, ymax, xmax) relative, class id) or None, and the problems found.
+    ``relative``: the object's coordinates are fractions of the image's width and height (YOLO)."""
     problems = [report.Problem(annotation_path, field, report.FIXED, "flag value", message) for field, message in obj.problems
                 if field.endswith(("/difficult", "/truncated"))]
     problems += [report.Problem(annotation_path, field, report.FIXED, "class name", message)
@@ -204,8 +217,10 @@ def clip_and_normalize(obj, width, height, class_ids, annotation_path):
                                        f"{obj.name!r} is not in the label map"))
         return None, problems
     box = (obj.xmin, obj.ymin, obj.xmax, obj.ymax)
-    xmin, xmax = min(max(obj.xmin, 0.0), width), min(max(obj.xmax, 0.0), width)
-    ymin, ymax = min(max(obj.ymin, 0.0), height), min(max(obj.ymax, 0.0), height)
+    if relative:
+        box = (obj.xmin * width, obj.ymin * height, obj.xmax * width, obj.ymax * height)
+    xmin, xmax = min(max(box[0], 0.0), width), min(max(box[2], 0.0), width)
+    ymin, ymax = min(max(box[1], 0.0), height), min(max(box[3], 0.0), height)
     if xmax <= xmin or ymax <= ymin:
         problems.append(report.Problem(annotation_path, f"{obj.field}/bndbox", report.DROPPED_OBJECT, "zero-area box",
                                        f"(xmin, ymin, xmax, ymax) = {box} has no area inside the {width}x{height} image"))
@@ -242,7 +257,8 @@ def _convert_image_task(task):
                                            f"{image.width}x{image.height}; using the image"))
         boxes, labels, texts, difficult, truncated = [], [], [], [], []
         for obj in annotation.objects:
-            kept, object_problems = clip_and_normalize(obj, image.width, image.height, class_ids, path)
+            kept, object_problems = clip_and_normalize(obj, image.width, image.height, class_ids, path,
+                                                       relative=annotation.relative_coordinates)
             problems += object_problems
             if kept is None:
                 continue
@@ -387,9 +403,11 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
     if not output_name or any(c in output_name for c in "/\\*?[]") or output_name.startswith("."):
         raise ConversionError(f"output name {output_name!r} must be a plain file-name prefix")
     _check_output_path(output_dir)
-    roots = [os.path.abspath(d) for d in dataset_dirs]
     splits = tuple(options.splits)
-    by_split, indexes, problems, layouts = sources.discover(roots, splits, options.test_fraction, options.split_seed)
+    found = formats.discover(dataset_dirs, splits, options.format, options.test_fraction, options.split_seed)
+    roots, indexes, problems = found.roots, found.indexes, found.problems
+    for statement in found.statements:
+        log("%s", statement)
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as err:
@@ -402,11 +420,11 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
     try:
         pending_by_split, seen_images_by_split = {}, {split: {} for split in splits}
         for split in splits:
-            items = by_split[split]
-            parsed = list(_map(pool, _parse_annotation_task, (item.annotation_path for item in items), chunksize=16))
+            items = found.by_split[split]
+            parsed = list(_map(pool, _parse_annotation_task, items, chunksize=16))
             pending_by_split[split] = _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split)
         _check_cross_split_overlap(seen_images_by_split, problems)
-        names_by_id, class_ids = _class_ids(pending_by_split, options)
+        names_by_id, class_ids = _class_ids(pending_by_split, options, found.class_names)
         split_infos = {
             split: _write_split(pool, output_name, split, pending_by_split[split], class_ids, names_by_id, options,
                                 temp_dir, problems, log)
@@ -421,7 +439,7 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
             "num_images": sum(s["num_images"] for s in split_infos.values()),
             "num_objects": sum(s["num_objects"] for s in split_infos.values()),
             "splits": split_infos,
-            "sources": [{"path": root, "layout": layouts[root]} for root in roots],
+            "sources": [{"path": root, "layout": layout} for root, layout in zip(roots, found.layouts)],
             "options": {key: value for key, value in dataclasses.asdict(options).items() if key != "num_workers"},
             "skipped_images": sum(1 for p in problems if p.action == report.SKIPPED_IMAGE),
             "dropped_objects": sum(1 for p in problems if p.action == report.DROPPED_OBJECT),

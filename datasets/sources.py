@@ -26,10 +26,16 @@ class SourceError(ValueError):
 class AnnotatedItem:
     split: str
     source_id: str  # '<root label>/<id>': unique across merged roots
-    annotation_path: str
+    annotation_path: str  # the file the annotation comes from, named in every message about it
     root_index: int
     id_stem: str  # the image id: the split-file entry (VOC) or the XML's name without extension
     id_names_image: bool = False  # VOC layout: the id, not <filename>, says which image is annotated
+    # How pass 1 reads annotation_path (datasets.formats.read_annotation): 'voc_xml', 'yolo_text', or
+    # 'parsed' when the source was parsed whole during discovery and `annotation` holds the result (COCO).
+    annotation_format: str = "voc_xml"
+    annotation: object = None  # a voc_xml.Annotation, for annotation_format 'parsed'
+    image_path: str | None = None  # the source names the image file itself (COCO file_name, YOLO pairs)
+    class_names: tuple = ()  # class index -> name, for formats whose files hold indices (YOLO)
 
 
 def is_image_name(name):
@@ -153,38 +159,39 @@ def seeded_split(items, splits, test_fraction, seed):
     return by_split
 
 
-def discover(roots, splits, test_fraction=0.2, split_seed=0):
-    """Returns ({split: [AnnotatedItem]}, [ImageIndex per root], [Problem], {root: 'voc'|'labelimg'})."""
-    if not roots:
-        raise SourceError("no dataset directory given")
-    if not splits or len(set(splits)) != len(splits):
-        raise SourceError(f"splits must be distinct names, got {list(splits)}")
+@dataclasses.dataclass
+class RootItems:
+    """What one dataset root holds, as a format's discovery found it."""
+
+    by_split: dict  # {split: [AnnotatedItem]}
+    index: ImageIndex | None  # finds images by the annotation's name; None when every item names its image
+    description: str  # one line for the log: what was found ('Pascal VOC layout: trainval 412, test 88')
+    class_names: tuple | None = None  # the source's own class list in id order (COCO categories, YOLO names)
+
+
+def discover_voc(root, root_index, label, splits, problems):
+    found_any = False
     by_split = {split: [] for split in splits}
-    indexes, problems, layouts = [], [], {}
-    for root_index, (root, label) in enumerate(zip(roots, root_labels(roots))):
-        if not os.path.isdir(root):
-            what = "is a file, not a directory" if os.path.exists(root) else "does not exist"
-            raise SourceError(f"dataset directory {root} {what}")
-        if is_voc_root(root):
-            layouts[root] = "voc"
-            indexes.append(ImageIndex(os.path.join(root, "JPEGImages"), recursive=False))
-            found_any = False
-            for split in splits:
-                items = _voc_split_items(root, root_index, label, split, problems)
-                if items is None:
-                    problems.append(report.Problem(root, f"ImageSets/Main/{split}.txt", report.WARNING, "split missing",
-                                                   f"no '{split}' split file in this root; it adds nothing to that split"))
-                    continue
-                found_any = True
-                by_split[split].extend(items)
-            if not found_any:
-                raise SourceError(f"{root}: none of the splits {list(splits)} has a file in ImageSets/Main")
-        else:
-            layouts[root] = "labelimg"
-            indexes.append(ImageIndex(root, recursive=True))
-            items = _labelimg_items(root, root_index, label)
-            if not items:
-                raise SourceError(f"{root}: no Pascal VOC layout (Annotations/, ImageSets/Main/) and no *.xml annotations")
-            for split, split_items in seeded_split(items, list(splits), test_fraction, split_seed).items():
-                by_split[split].extend(split_items)
-    return by_split, indexes, problems, layouts
+    for split in splits:
+        items = _voc_split_items(root, root_index, label, split, problems)
+        if items is None:
+            problems.append(report.Problem(root, f"ImageSets/Main/{split}.txt", report.WARNING, "split missing",
+                                           f"no '{split}' split file in this root; it adds nothing to that split"))
+            continue
+        found_any = True
+        by_split[split] = items
+    if not found_any:
+        raise SourceError(f"{root}: none of the splits {list(splits)} has a file in ImageSets/Main")
+    counts = ", ".join(f"{split} {len(items)}" for split, items in by_split.items())
+    return RootItems(by_split, ImageIndex(os.path.join(root, "JPEGImages"), recursive=False),
+                     f"Pascal VOC layout (ImageSets/Main split files: {counts})")
+
+
+def discover_labelimg(root, root_index, label, splits, test_fraction, split_seed):
+    items = _labelimg_items(root, root_index, label)
+    if not items:
+        raise SourceError(f"{root}: no Pascal VOC layout (Annotations/, ImageSets/Main/) and no *.xml annotations")
+    by_split = seeded_split(items, list(splits), test_fraction, split_seed)
+    counts = ", ".join(f"{split} {len(split_items)}" for split, split_items in by_split.items())
+    return RootItems(by_split, ImageIndex(root, recursive=True),
+                     f"labelImg folder ({len(items)} XML files, seeded split: {counts})")

@@ -52,6 +52,7 @@ class Annotation:
     height: int | None
     objects: list
     problems: list  # (field, message) pairs
+    relative_coordinates: bool = False  # object coordinates are fractions of the image's size (YOLO), not pixels
 
 
 def _reject_doctype(*_args):

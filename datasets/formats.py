@@ -1,0 +1,113 @@
+"""Which annotation format a dataset root is in, and the one entry point that finds its items.
+
+Each format has its own module that knows its files; this one chooses between them and reads an
+item's annotation in pass 1 of the conversion (``read_annotation``, run in worker processes).
+
+Formats (``--format``):
+- ``voc``: Pascal VOC layout, ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``
+- ``labelimg``: a folder of labelImg/VOC XML files, images beside them or anywhere under the folder
+- ``auto`` (default): the first of the above whose files the root has, stated in one log line;
+  a root matching none is refused with the list of layouts understood.
+"""
+
+import dataclasses
+import os
+
+from datasets import sources, voc_xml
+
+FORMATS = ("auto", "voc", "labelimg")
+
+LAYOUTS_UNDERSTOOD = (
+    "Pascal VOC (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt); "
+    "labelImg folders (*.xml annotations beside or apart from the images)"
+)
+
+_FORMAT_NAMES = {"voc": "Pascal VOC", "labelimg": "labelImg"}
+
+
+@dataclasses.dataclass
+class Discovery:
+    by_split: dict  # {split: [AnnotatedItem]}
+    roots: list  # absolute paths; an item's root_index points here, its record file name is relative to it
+    indexes: list  # per root: sources.ImageIndex, or None when that root's items name their images
+    layouts: list  # per root: the format it was read as
+    problems: list  # report.Problem found while discovering
+    statements: list  # per root: one line saying what was found and how it was detected
+    class_names: tuple | None  # the sources' own class list in id order, None: the names found in the data
+
+
+def _has_xml(root):
+    for _directory, subdirs, names in os.walk(root):
+        subdirs.sort()
+        if any(name.lower().endswith(".xml") for name in names):
+            return True
+    return False
+
+
+def detect_layout(root):
+    """The format of ``root`` (a directory), or raises SourceError naming the layouts understood."""
+    if sources.is_voc_root(root):
+        return "voc"
+    if _has_xml(root):
+        return "labelimg"
+    raise sources.SourceError(f"{root}: no annotations in a layout this converter understands; it reads "
+                              f"{LAYOUTS_UNDERSTOOD} (pass --format to name the layout)")
+
+
+def _check_directory(root):
+    if not os.path.isdir(root):
+        what = "is a file, not a directory" if os.path.exists(root) else "does not exist"
+        raise sources.SourceError(f"dataset directory {root} {what}")
+
+
+def _merged_class_names(found):
+    """The class list the roots agree on; roots without one (VOC, labelImg) take theirs from the data."""
+    lists = {names for _root, names in found if names is not None}
+    if not lists:
+        return None
+    if len(lists) > 1:
+        described = "; ".join(f"{root}: {', '.join(names)}" for root, names in found if names is not None)
+        raise sources.SourceError(f"the dataset roots define different class lists ({described}); give --label_map "
+                                  "to fix one list for all of them")
+    return lists.pop()
+
+
+def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=0):
+    """Finds every root's annotated items for ``splits``; returns a Discovery.
+
+    Raises SourceError when a root or the split request cannot be used at all.
+    """
+    if layout not in FORMATS:
+        raise sources.SourceError(f"--format must be one of {', '.join(FORMATS)}, got {layout!r}")
+    if not dataset_dirs:
+        raise sources.SourceError("no dataset directory given")
+    if not splits or len(set(splits)) != len(splits):
+        raise sources.SourceError(f"splits must be distinct names, got {list(splits)}")
+    roots = [os.path.abspath(d) for d in dataset_dirs]
+    result = Discovery({split: [] for split in splits}, roots, [], [], [], [], None)
+    found_class_names = []
+    for root_index, (root, label) in enumerate(zip(roots, sources.root_labels(roots))):
+        _check_directory(root)
+        root_layout = detect_layout(root) if layout == "auto" else layout
+        if root_layout == "voc":
+            found = sources.discover_voc(root, root_index, label, splits, result.problems)
+        else:
+            found = sources.discover_labelimg(root, root_index, label, splits, test_fraction, split_seed)
+        for split, items in found.by_split.items():
+            result.by_split[split].extend(items)
+        result.indexes.append(found.index)
+        result.layouts.append(root_layout)
+        how = "detected" if layout == "auto" else "read as --format=" + layout + ":"
+        result.statements.append(f"{root}: {how} {found.description}")
+        found_class_names.append((root, found.class_names))
+    result.class_names = _merged_class_names(found_class_names)
+    return result
+
+
+def read_annotation(item):
+    """Pass 1: the item's annotation (a voc_xml.Annotation); raises OSError or voc_xml.AnnotationError."""
+    if item.annotation_format == "parsed":
+        return item.annotation
+    if item.annotation_format == "voc_xml":
+        return voc_xml.read_annotation(item.annotation_path)
+    raise ValueError(f"unknown annotation format {item.annotation_format!r}")
