@@ -25,8 +25,23 @@ import command_line  # noqa: E402
 from datasets import converter, formats, sources  # noqa: E402
 
 
+def _split_entries(text):
+    return [entry.strip() for entry in text.split(",") if entry.strip()]
+
+
 def _split_names(text):
-    return tuple(name.strip() for name in text.split(",") if name.strip())
+    return tuple(entry.partition("=")[0].strip() for entry in _split_entries(text))
+
+
+def _split_sources(text):
+    """{split: source} for the `name=source` entries of --splits."""
+    pairs = (entry.partition("=") for entry in _split_entries(text))
+    return {name.strip(): source.strip() for name, sep, source in pairs if sep}
+
+
+def _splits_are_valid(text):
+    pairs = [entry.partition("=") for entry in _split_entries(text)]
+    return bool(pairs) and all(name.strip() and (not sep or source.strip()) for name, sep, source in pairs)
 
 
 def define_flags(flag_values):
@@ -46,9 +61,11 @@ def define_flags(flag_values):
                         "the VOC datasets); default dataset", **fv)
     flags.DEFINE_string("splits", "trainval,test",
                         "comma-separated split names: VOC ImageSets/Main/<split>.txt files, or for folders without "
-                        "split files one or two names (the last gets --test_fraction); default trainval,test", **fv)
-    flags.register_validator("splits", lambda text: bool(_split_names(text)),
-                             message="--splits: give at least one split name", **fv)
+                        "split files one or two names (the last gets --test_fraction); name=source reads the split "
+                        "from another source (trainval=train: VOC's ImageSets/Main/train.txt); default trainval,test",
+                        **fv)
+    flags.register_validator("splits", _splits_are_valid,
+                             message="--splits: give at least one split name, as name or name=source", **fv)
     flags.DEFINE_string("label_map", None,
                         "labels.txt (`id:name` or one name per line) fixing class names and ids; default: the class "
                         "names found in the data, sorted, ids from 1", **fv)
@@ -88,6 +105,7 @@ def main(argv=None):
         return command_line.EXIT_USAGE
     options = converter.ConversionOptions(
         splits=_split_names(args.splits),
+        split_sources=_split_sources(args.splits),
         label_map_path=args.label_map,
         unknown_class=args.unknown_class,
         test_fraction=args.test_fraction,

@@ -51,6 +51,7 @@ class ConversionOptions:
     num_workers: int = 1
     keep_incomplete_images: bool = False  # keep JPEGs whose scan ends early (grey remainder), with a warning
     format: str = "auto"  # datasets.formats.FORMATS: the roots' annotation format, or detect it per root
+    split_sources: dict = dataclasses.field(default_factory=dict)  # {split: source}: where a split comes from
 
 
 @dataclasses.dataclass
@@ -404,7 +405,8 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
         raise ConversionError(f"output name {output_name!r} must be a plain file-name prefix")
     _check_output_path(output_dir)
     splits = tuple(options.splits)
-    found = formats.discover(dataset_dirs, splits, options.format, options.test_fraction, options.split_seed)
+    found = formats.discover(dataset_dirs, splits, options.format, options.test_fraction, options.split_seed,
+                             options.split_sources)
     roots, indexes, problems = found.roots, found.indexes, found.problems
     for statement in found.statements:
         log("%s", statement)

@@ -72,8 +72,11 @@ def _merged_class_names(found):
     return lists.pop()
 
 
-def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=0):
+def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=0, split_sources=None):
     """Finds every root's annotated items for ``splits``; returns a Discovery.
+
+    ``split_sources`` ({split: source}) says where a split comes from when its name does not: a VOC
+    split file name (``{'trainval': 'train'}`` reads ImageSets/Main/train.txt).
 
     Raises SourceError when a root or the split request cannot be used at all.
     """
@@ -83,6 +86,10 @@ def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=
         raise sources.SourceError("no dataset directory given")
     if not splits or len(set(splits)) != len(splits):
         raise sources.SourceError(f"splits must be distinct names, got {list(splits)}")
+    split_sources = dict(split_sources or {})
+    unknown = sorted(set(split_sources) - set(splits))
+    if unknown:
+        raise sources.SourceError(f"--splits maps {unknown} to a source, but they are not among the splits {list(splits)}")
     roots = [os.path.abspath(d) for d in dataset_dirs]
     result = Discovery({split: [] for split in splits}, roots, [], [], [], [], None)
     found_class_names = []
@@ -90,8 +97,12 @@ def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=
         _check_directory(root)
         root_layout = detect_layout(root) if layout == "auto" else layout
         if root_layout == "voc":
-            found = sources.discover_voc(root, root_index, label, splits, result.problems)
+            found = sources.discover_voc(root, root_index, label, splits, result.problems, split_sources)
         else:
+            if split_sources:
+                raise sources.SourceError(f"{root}: a labelImg folder has no split files or folders, so --splits cannot "
+                                          "map a split to a source there; give plain split names (the last gets "
+                                          "--test_fraction)")
             found = sources.discover_labelimg(root, root_index, label, splits, test_fraction, split_seed)
         for split, items in found.by_split.items():
             result.by_split[split].extend(items)

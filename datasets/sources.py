@@ -108,8 +108,8 @@ def root_labels(roots):
     return labels
 
 
-def _voc_split_items(root, root_index, label, split, problems):
-    split_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+def _voc_split_items(root, root_index, label, split, problems, file_stem):
+    split_file = os.path.join(root, "ImageSets", "Main", f"{file_stem}.txt")
     if not os.path.isfile(split_file):
         return None
     items = []
@@ -169,19 +169,25 @@ class RootItems:
     class_names: tuple | None = None  # the source's own class list in id order (COCO categories, YOLO names)
 
 
-def discover_voc(root, root_index, label, splits, problems):
+def discover_voc(root, root_index, label, splits, problems, split_sources=None):
+    """The VOC root's items per split; ``split_sources`` maps a split to another split file's name."""
     found_any = False
     by_split = {split: [] for split in splits}
     for split in splits:
-        items = _voc_split_items(root, root_index, label, split, problems)
+        file_stem = (split_sources or {}).get(split, split)
+        if "/" in file_stem or "\\" in file_stem or file_stem in (".", ".."):
+            raise SourceError(f"--splits {split}={file_stem}: a VOC split is a file name in ImageSets/Main, not a path")
+        items = _voc_split_items(root, root_index, label, split, problems, file_stem)
         if items is None:
-            problems.append(report.Problem(root, f"ImageSets/Main/{split}.txt", report.WARNING, "split missing",
-                                           f"no '{split}' split file in this root; it adds nothing to that split"))
+            problems.append(report.Problem(root, f"ImageSets/Main/{file_stem}.txt", report.WARNING, "split missing",
+                                           f"no '{file_stem}' split file in this root; it adds nothing to split "
+                                           f"'{split}'"))
             continue
         found_any = True
         by_split[split] = items
     if not found_any:
-        raise SourceError(f"{root}: none of the splits {list(splits)} has a file in ImageSets/Main")
+        wanted = [(split_sources or {}).get(split, split) for split in splits]
+        raise SourceError(f"{root}: none of the split files {wanted} is in ImageSets/Main")
     counts = ", ".join(f"{split} {len(items)}" for split, items in by_split.items())
     return RootItems(by_split, ImageIndex(os.path.join(root, "JPEGImages"), recursive=False),
                      f"Pascal VOC layout (ImageSets/Main split files: {counts})")

@@ -1,5 +1,7 @@
 """Choosing the annotation format of a dataset root: auto-detection, --format, and the refusal."""
 
+import json
+
 import pytest
 
 import tf_convert_data
@@ -61,3 +63,27 @@ def test_the_converter_refuses_an_unknown_layout_in_one_line(tmp_path, caplog):
     errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
     assert len(errors) == 1 and "no annotations in a layout this converter understands" in errors[0]
     assert "Traceback" not in caplog.text
+
+
+def test_splits_map_a_split_name_to_another_voc_split_file(tmp_path, caplog):
+    root = _voc_root(tmp_path / "voc")
+    (root / "ImageSets" / "Main" / "trainval.txt").rename(root / "ImageSets" / "Main" / "train.txt")
+    out = tmp_path / "out"
+    status = tf_convert_data.main([f"--dataset_dir={root}", f"--output_dir={out}", "--num_workers=1",
+                                   "--splits=trainval=train"])
+    assert status == 0
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert list(info["splits"]) == ["trainval"] and info["splits"]["trainval"]["num_images"] == 1
+    with pytest.raises(sources.SourceError, match="not a path"):
+        formats.discover([str(root)], ("trainval",), split_sources={"trainval": "../train"})
+    with pytest.raises(sources.SourceError, match=r"\['test'\].*not among the splits"):
+        formats.discover([str(root)], ("trainval",), split_sources={"test": "train"})
+    with pytest.raises(sources.SourceError, match="labelImg folder has no split files"):
+        formats.discover([str(_labelimg_folder(tmp_path / "mine"))], ("trainval",), split_sources={"trainval": "x"})
+
+
+@pytest.mark.parametrize("splits", ["trainval=", "=train", ",", "a=b,=c"])
+def test_a_malformed_splits_flag_is_refused(tmp_path, splits):
+    with pytest.raises(SystemExit) as exit_info:
+        tf_convert_data.main([f"--dataset_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}", f"--splits={splits}"])
+    assert exit_info.value.code == 2
