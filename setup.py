@@ -43,6 +43,9 @@ setup(
         "pycocotools>=2.0.7",
         # Reads Keras' VGG-16 weights files (checkpoints/keras_vgg16.py); TensorFlow pulls it in too.
         "h5py>=3.10",
+        # YOLO datasets name their classes and folders in data.yaml (datasets/yolo_text.py); read with
+        # yaml.safe_load, which builds plain data only and refuses tags that would run code.
+        "PyYAML>=6",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100"],
