@@ -26,7 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from datasets import conversion_report as report
-from datasets import formats, image_checks, label_map, sources, tfrecord_schema, voc_xml
+from datasets import formats, image_checks, label_map, sources, tfrecord_schema, voc_xml, yolo_text
 from datasets.dataset_factory import DATASET_INFO
 
 IMAGES_PER_SHARD = 1024
@@ -88,6 +88,8 @@ def _parse_annotation_task(item):
         return formats.read_annotation(item), None
     except FileNotFoundError:
         return None, ("annotation", "missing annotation", "file does not exist")
+    except yolo_text.LabelFileError as err:
+        return None, ("labels", "unreadable label file", str(err))
     except voc_xml.UnsafeXMLError as err:
         return None, ("xml", "unsafe XML", str(err))
     except voc_xml.AnnotationError as err:
@@ -205,6 +207,14 @@ def clip_and_normalize(obj, width, height, class_ids, annotation_path, relative=
                 if field.endswith(("/difficult", "/truncated"))]
     problems += [report.Problem(annotation_path, field, report.FIXED, "class name", message)
                  for field, message in obj.problems if field.endswith("/name")]
+    problems += [report.Problem(annotation_path, field, report.FIXED, "polygon as box", message)
+                 for field, message in obj.problems if field.endswith("/segment")]
+    # A class index (YOLO) outside the source's class list: the object cannot be named at all.
+    class_problems = [(field, message) for field, message in obj.problems if field.endswith("/class")]
+    if class_problems:
+        field, message = class_problems[0]
+        problems.append(report.Problem(annotation_path, field, report.DROPPED_OBJECT, "unknown class", message))
+        return None, problems
     coordinate_problems = [(field, message) for field, message in obj.problems if "/bndbox" in field]
     if coordinate_problems:
         field, message = coordinate_problems[0]

@@ -6,6 +6,8 @@ item's annotation in pass 1 of the conversion (``read_annotation``, run in worke
 Formats (``--format``):
 - ``voc``: Pascal VOC layout, ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``
 - ``labelimg``: a folder of labelImg/VOC XML files, images beside them or anywhere under the folder
+- ``yolo``: YOLO text labels (``class cx cy w h``), ``images/`` + ``labels/`` or labels beside the images,
+  classes from ``classes.txt`` or ``data.yaml`` (datasets.yolo_text)
 - ``auto`` (default): the first of the above whose files the root has, stated in one log line;
   a root matching none is refused with the list of layouts understood.
 """
@@ -13,16 +15,17 @@ Formats (``--format``):
 import dataclasses
 import os
 
-from datasets import sources, voc_xml
+from datasets import sources, voc_xml, yolo_text
 
-FORMATS = ("auto", "voc", "labelimg")
+FORMATS = ("auto", "voc", "labelimg", "yolo")
 
 LAYOUTS_UNDERSTOOD = (
     "Pascal VOC (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt); "
-    "labelImg folders (*.xml annotations beside or apart from the images)"
+    "labelImg folders (*.xml annotations beside or apart from the images); "
+    "YOLO text (classes.txt or data.yaml, labels/*.txt or .txt beside the images)"
 )
 
-_FORMAT_NAMES = {"voc": "Pascal VOC", "labelimg": "labelImg"}
+_FORMAT_NAMES = {"voc": "Pascal VOC", "labelimg": "labelImg", "yolo": "YOLO text"}
 
 
 @dataclasses.dataclass
@@ -48,6 +51,8 @@ def detect_layout(root):
     """The format of ``root`` (a directory), or raises SourceError naming the layouts understood."""
     if sources.is_voc_root(root):
         return "voc"
+    if yolo_text.is_yolo_root(root):
+        return "yolo"
     if _has_xml(root):
         return "labelimg"
     raise sources.SourceError(f"{root}: no annotations in a layout this converter understands; it reads "
@@ -98,6 +103,9 @@ def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=
         root_layout = detect_layout(root) if layout == "auto" else layout
         if root_layout == "voc":
             found = sources.discover_voc(root, root_index, label, splits, result.problems, split_sources)
+        elif root_layout == "yolo":
+            found = yolo_text.discover(root, root_index, label, splits, result.problems, split_sources, test_fraction,
+                                       split_seed)
         else:
             if split_sources:
                 raise sources.SourceError(f"{root}: a labelImg folder has no split files or folders, so --splits cannot "
@@ -116,9 +124,12 @@ def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=
 
 
 def read_annotation(item):
-    """Pass 1: the item's annotation (a voc_xml.Annotation); raises OSError or voc_xml.AnnotationError."""
+    """Pass 1: the item's annotation (a voc_xml.Annotation); raises OSError, voc_xml.AnnotationError or
+    yolo_text.LabelFileError."""
     if item.annotation_format == "parsed":
         return item.annotation
     if item.annotation_format == "voc_xml":
         return voc_xml.read_annotation(item.annotation_path)
+    if item.annotation_format == "yolo_text":
+        return yolo_text.read_label_file(item.annotation_path, item.class_names)
     raise ValueError(f"unknown annotation format {item.annotation_format!r}")
