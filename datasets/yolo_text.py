@@ -222,9 +222,17 @@ def names_from_yaml(data, path):
 
 
 def is_yolo_root(root):
-    """Cheap: a class file at the root, or label .txt files in labels/ or one folder below it."""
-    if any(os.path.isfile(os.path.join(root, name)) for name in CLASS_FILES):
+    """Cheap: data.yaml, label .txt files in labels/ or one folder below it, or classes.txt at the root
+    unless the root's own files are labelImg XML without any label .txt (labelImg leaves a classes.txt
+    in folders it saved as XML once it was switched to YOLO mode)."""
+    if any(os.path.isfile(os.path.join(root, name)) for name in CLASS_FILES if name != "classes.txt"):
         return True
+    if os.path.isfile(os.path.join(root, "classes.txt")):
+        names = [entry.name.lower() for entry in _scandir(root) if entry.is_file()]
+        has_xml = any(name.endswith(".xml") for name in names)
+        has_labels = any(name.endswith(".txt") and name != "classes.txt" for name in names)
+        if has_labels or not has_xml:
+            return True
     labels = os.path.join(root, "labels")
     if not os.path.isdir(labels):
         return False
@@ -281,8 +289,17 @@ def _yaml_folders(data, yaml_path):
         entries = entry if isinstance(entry, list) else [entry]
         if not entries or not all(isinstance(e, str) and e for e in entries):
             raise sources.SourceError(f"{yaml_path}: '{key}' must name an image folder (or a list of them), got {entry!r}")
-        folders[key] = [[os.path.normpath(os.path.join(b, e)) for b in bases] for e in entries]
+        folders[key] = [_candidates(e, bases) for e in entries]
     return folders
+
+
+def _candidates(entry, bases):
+    paths = [os.path.join(base, entry) for base in bases]
+    if entry.startswith("../"):
+        # Roboflow exports write 'train: ../train/images' beside the dataset's own train/ folder;
+        # Ultralytics reads a leading '../' as the dataset folder itself.
+        paths += [os.path.join(base, entry[3:]) for base in bases]
+    return list(dict.fromkeys(os.path.normpath(path) for path in paths))
 
 
 def _resolve_folders(key, candidates_per_entry, yaml_path):

@@ -203,6 +203,10 @@ def test_yaml_folders_relative_to_the_yaml_itself(tmp_path, read_split):
                                 "images: train 1 (pics/train/images))"]
     _convert([data.root], tmp_path / "out", ("train",))
     _check_boxes(read_split, tmp_path / "out", ("train",), data.expected)
+    # Roboflow's export: '../train/images' beside the yaml means the dataset's own train/images.
+    _write_text(data.root / "data.yaml", "train: ../pics/train/images\nnames: [a]\n")
+    assert [item.source_id for item in formats.discover([str(data.root)], ("train",)).by_split["train"]] == [
+        "plain/pics/train/images/x"]
 
 
 def test_flat_images_and_labels_with_classes_txt_split_by_seed(tmp_path, read_split):
@@ -325,7 +329,10 @@ def test_detection_order_and_forced_format(tmp_path):
     assert formats.detect_layout(str(labels_only)) == "yolo"
     xml_folder = tmp_path / "xml"
     YoloFolder(xml_folder).labels("a.xml", "<annotation/>")
+    YoloFolder(xml_folder).labels("classes.txt", "dog\n")  # labelImg leaves one after a switch to YOLO mode
     assert formats.detect_layout(str(xml_folder)) == "labelimg"
+    YoloFolder(xml_folder).labels("b.txt", "0 0.5 0.5 0.2 0.2\n")  # ... and YOLO labels once it saved some
+    assert formats.detect_layout(str(xml_folder)) == "yolo"
     _unmatched_split_folders(tmp_path / "forced")
     found = formats.discover([str(tmp_path / "forced")], ("train",), layout="yolo")
     assert found.statements[0].startswith(f"{tmp_path / 'forced'}: read as --format=yolo: YOLO text (classes.txt")
