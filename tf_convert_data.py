@@ -1,9 +1,10 @@
-"""Converts Pascal VOC or labelImg annotations into sharded TFRecords for SSD training.
+"""Converts Pascal VOC, labelImg or YOLO text annotations into sharded TFRecords for SSD training.
 
     python tf_convert_data.py --dataset_dir=VOCdevkit/VOC2007 --output_dir=data/voc07 --output_name=pascalvoc_2007
     python tf_convert_data.py --dataset_dir=VOCdevkit/VOC2007 --dataset_dir=VOCdevkit/VOC2012 \\
         --output_dir=data/voc0712 --output_name=pascalvoc_0712 --splits=trainval
     python tf_convert_data.py --dataset_dir=my_labelimg_folder --output_dir=data/mine --test_fraction=0.2
+    python tf_convert_data.py --dataset_dir=my_yolo_dataset --output_dir=data/yolo --splits=trainval=train,test=val
 
 Writes OUT/<name>_<split>-NNNNN-of-NNNNN.tfrecord, OUT/labels.txt, OUT/dataset_info.json and
 OUT/conversion_report.{txt,json}. Exit status: 0 when images were written, 1 when none were
@@ -48,7 +49,8 @@ def define_flags(flag_values):
     """Defines the converter's flags on ``flag_values`` (a fresh :class:`absl.flags.FlagValues`); returns it."""
     fv = {"flag_values": flag_values}
     flags.DEFINE_multi_string("dataset_dir", None,
-                              "a VOC root (Annotations/, JPEGImages/, ImageSets/Main/) or a labelImg folder; "
+                              "a VOC root (Annotations/, JPEGImages/, ImageSets/Main/), a labelImg folder or a YOLO "
+                              "dataset (classes.txt or data.yaml, images/ + labels/ or labels beside the images); "
                               "repeat to merge several roots into one dataset (e.g. VOC2007 and VOC2012)",
                               required=True, **fv)
     flags.DEFINE_enum("format", "auto", formats.FORMATS,
@@ -60,15 +62,17 @@ def define_flags(flag_values):
                         "shard file prefix and dataset name (pascalvoc_2007, pascalvoc_2012, pascalvoc_0712 for "
                         "the VOC datasets); default dataset", **fv)
     flags.DEFINE_string("splits", "trainval,test",
-                        "comma-separated split names: VOC ImageSets/Main/<split>.txt files, or for folders without "
-                        "split files one or two names (the last gets --test_fraction); name=source reads the split "
-                        "from another source (trainval=train: VOC's ImageSets/Main/train.txt); default trainval,test",
+                        "comma-separated split names: VOC ImageSets/Main/<split>.txt files, YOLO split folders "
+                        "(images/<split> or data.yaml's train/val/test), or for folders without split files one or "
+                        "two names (the last gets --test_fraction); name=source reads the split from another source "
+                        "(trainval=train: VOC's ImageSets/Main/train.txt, YOLO's images/train); default trainval,test",
                         **fv)
     flags.register_validator("splits", _splits_are_valid,
                              message="--splits: give at least one split name, as name or name=source", **fv)
     flags.DEFINE_string("label_map", None,
-                        "labels.txt (`id:name` or one name per line) fixing class names and ids; default: the class "
-                        "names found in the data, sorted, ids from 1", **fv)
+                        "labels.txt (`id:name` or one name per line) fixing class names and ids; default: the "
+                        "dataset's own class list (YOLO classes.txt / data.yaml, ids 1..K in index order), else the "
+                        "class names found in the data, sorted, ids from 1", **fv)
     flags.DEFINE_enum("unknown_class", "skip", converter.UNKNOWN_CLASS_POLICIES,
                       "objects whose class is not in --label_map: skip them (reported) or stop with an error before "
                       "writing; default skip", **fv)
