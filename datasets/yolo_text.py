@@ -19,6 +19,8 @@ bounding box is kept and reported as fixed. Any other unusable line drops its ob
 with the file and line (field ``line N/...``); coordinates outside the image are clipped by the
 converter and reported. An empty file is an image without objects; an image without a label file is
 kept as a background image (no objects) with one warning per image, as Ultralytics trains on them.
+A .txt label file without an image is reported as a skipped image ('missing image'); classes.txt and
+read-me or licence .txt files are not label files.
 """
 
 import dataclasses
@@ -362,18 +364,24 @@ def _items_of_folder(folder, split, root, root_index, label, class_names, proble
             continue
         claimed.add(os.path.realpath(label_path))
         items.append(sources.AnnotatedItem(annotation_path=label_path, annotation_format="yolo_text", **common))
-    _report_labels_without_images(label_folder, claimed, root, problems)
+    _report_labels_without_images(label_folder, claimed, problems)
     return items
 
 
-def _report_labels_without_images(label_folder, claimed, root, problems):
-    class_files = {os.path.realpath(os.path.join(root, "classes.txt")),
-                   os.path.realpath(os.path.join(root, "labels", "classes.txt"))}
+def _is_label_name(name):
+    """Whether a .txt file can be a label file: not the class list, nor the read-me and licence files
+    that dataset exports put beside the images (Roboflow's README.roboflow.txt)."""
+    lowered = name.lower()
+    return lowered.endswith(".txt") and lowered != "classes.txt" and not lowered.startswith(("readme", "license",
+                                                                                              "licence"))
+
+
+def _report_labels_without_images(label_folder, claimed, problems):
     for directory, subdirs, names in os.walk(label_folder):
         subdirs.sort()
         for name in sorted(names):
             path = os.path.join(directory, name)
-            if name.endswith(".txt") and os.path.realpath(path) not in claimed | class_files:
+            if _is_label_name(name) and os.path.realpath(path) not in claimed:
                 problems.append(report.Problem(path, "image", report.SKIPPED_IMAGE, "missing image",
                                                "no image file with this label file's name beside it or in the images "
                                                "folder it mirrors; its boxes are not converted"))

@@ -232,6 +232,7 @@ def test_flat_images_and_labels_with_classes_txt_split_by_seed(tmp_path, read_sp
 def test_labels_beside_images_and_the_label_map_wins_by_name(tmp_path, read_split):
     data = YoloFolder(tmp_path / "beside")
     data.labels("classes.txt", "dog\nred\tcell\n")  # normalised to 'red cell'
+    data.labels("README.dataset.txt", "exported by a tool\n")  # not a label file
     data.image("shots/a.jpg")
     data.labels("shots/a.txt", "0 0.5 0.5 0.2 0.2\n1 0.2 0.3 0.1 0.1\n")
     label_map = tmp_path / "labels.txt"
@@ -366,3 +367,25 @@ def test_command_line_converts_and_states_the_layout(tmp_path):
          "--num_workers=1"], capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "--splits=train,val" in bad.stderr
+
+
+def test_roots_merge_when_their_class_lists_agree(tmp_path, read_split):
+    """Two roots, one with a list of image folders and a `path` written on another machine (the yaml's
+    folder is used then); their class lists agree, so their ids do."""
+    first, second = YoloFolder(tmp_path / "one"), YoloFolder(tmp_path / "two")
+    _write_text(first.root / "data.yaml", "path: /elsewhere/on/another/machine\ntrain: [a/images, b/images]\n"
+                                          "names: [dog, cat]\n")
+    for folder, line in (("a", "1 0.5 0.5 0.2 0.2"), ("b", "0 0.2 0.2 0.1 0.1")):
+        first.image(f"{folder}/images/x.jpg")
+        first.labels(f"{folder}/labels/x.txt", line + "\n")
+    first.expect("a/images/x.jpg", [(2, (0.5, 0.5, 0.2, 0.2))])
+    first.expect("b/images/x.jpg", [(1, (0.2, 0.2, 0.1, 0.1))])
+    second.labels("classes.txt", "dog\ncat\n")
+    second.image("images/train/y.jpg")
+    second.labels("labels/train/y.txt", "1 0.6 0.4 0.2 0.2\n")
+    second.expect("images/train/y.jpg", [(2, (0.6, 0.4, 0.2, 0.2))])
+    _convert([first.root, second.root], tmp_path / "out", ("train",))
+    _check_boxes(read_split, tmp_path / "out", ("train",), {**first.expected, **second.expected})
+    second.labels("classes.txt", "cat\ndog\n")
+    with pytest.raises(sources.SourceError, match="different class lists"):
+        formats.discover([str(first.root), str(second.root)], ("train",))
