@@ -165,11 +165,14 @@ def _problem(problems, path, record, message):
     problems.append({"file": path, "record": record, "problem": message})
 
 
+_MAP_PREFIX = re.compile(r"^Error in user-defined function passed to .*? transformation with iterator: [\w:]+: ")
+
+
 def _parse_failure(error):
     # A record that is no Example makes TensorFlow quote its bytes, which need not be UTF-8 text.
     if isinstance(error, UnicodeDecodeError):
         return "not a readable tf.train.Example"
-    return command_line.first_line(error)
+    return _MAP_PREFIX.sub("", command_line.first_line(error))
 
 
 def browse(options):
