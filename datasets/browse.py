@@ -143,7 +143,8 @@ class _SplitReader:
             image, labels, boxes, difficult, self.out_shape = self._augment(
                 options, spec, image, labels, boxes, difficult, seeds.example_seed(options.seed, self.index))
             image = visualization.restore_means(image, self.rgb_means)
-        self.drawn = {"image": image, "labels": labels, "boxes": boxes, "difficult": difficult}
+        self.drawn = {"image": image, "labels": labels, "boxes": boxes, "difficult": difficult,
+                      "decoded_shape": example["shape"]}
 
     def _augment(self, options, spec, image, labels, boxes, difficult, seed):
         from preprocessing import preprocessing_factory
@@ -285,6 +286,12 @@ def _draw(session, reader, values, index, spec, problems, path, record):
     except (reader.tf.errors.InvalidArgumentError, UnicodeDecodeError) as error:
         _problem(problems, path, record, f"not drawn: {_parse_failure(error)}")
         return None
+    decoded_height, decoded_width = (int(v) for v in example["decoded_shape"][:2])
+    if (decoded_height, decoded_width) != (int(values["height"]), int(values["width"])):
+        # Relative boxes still land right on the picture, but the statistics' pixels use the stored size.
+        _problem(problems, path, record, f"the record says {int(values['width'])}x{int(values['height'])} pixels "
+                 f"but its image decodes to {decoded_width}x{decoded_height}: the statistics in pixels use the "
+                 "stored size; re-run tf_convert_data.py")
     height, width = example["image"].shape[:2]
     ground_truth = {"boxes": np.asarray(example["boxes"]) * [height, width, height, width],
                     "labels": example["labels"], "difficult": example["difficult"]}

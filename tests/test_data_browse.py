@@ -203,6 +203,18 @@ def test_a_corrupt_record_is_named_and_skipped(tiny_dataset, tmp_path, capfd, ca
     assert "3 of its 4 records read, 1 problem(s)" in printed.splitlines()[0]
 
 
+def test_a_stored_size_that_is_not_the_image_size_is_named(tiny_dataset, tmp_path, capfd, caplog):
+    def wrong_height(records):
+        example = tf.train.Example.FromString(records[0])
+        example.features.feature["image/height"].int64_list.value[:] = [7]
+        return [example.SerializeToString(), *records[1:]]
+
+    copy, shard = _rewrite_shard(tiny_dataset, tmp_path, wrong_height)
+    status, _, err = _run(capfd, caplog, f"--dataset_dir={copy}", f"--output_dir={tmp_path / 'out'}", "--num_images=1")
+    assert status == 0
+    assert f"{shard}, record 1: the record says " in err and "x7 pixels but its image decodes to " in err
+
+
 def test_a_record_with_damaged_data_ends_its_shard_as_in_training(tiny_dataset, tmp_path, capfd, caplog):
     copy, shard = _rewrite_shard(tiny_dataset, tmp_path, lambda records: records)
     data = bytearray(shard.read_bytes())
