@@ -63,7 +63,9 @@ RULES = {
 def define_flags(flag_values):
     """Defines the browser's flags on ``flag_values`` (a fresh :class:`absl.flags.FlagValues`); returns it."""
     from nets import nets_factory
+    from training.config import TrainingConfig
 
+    trainer = TrainingConfig()  # the trainer's defaults, so that --augmented shows what a default run trains on
     fv = {"flag_values": flag_values}
     flags.DEFINE_string("dataset_dir", None, "A converted dataset (tf_convert_data.py output).", required=True, **fv)
     flags.DEFINE_string("split", "trainval", "The split to draw and measure.", **fv)
@@ -74,11 +76,11 @@ def define_flags(flag_values):
     flags.DEFINE_boolean("augmented", False, "Draw the images after the training augmentation (what the network "
                          "sees) instead of as stored.", **fv)
     flags.DEFINE_integer("seed", 0, "--augmented: the seed of the augmentation (the trainer's --seed).", **fv)
-    flags.DEFINE_enum("model_name", "ssd_300_vgg", nets_factory.list_networks(), "--augmented: the network "
+    flags.DEFINE_enum("model_name", trainer.model_name, nets_factory.list_networks(), "--augmented: the network "
                       "whose preprocessing and input size are used (the trainer's --model_name).", **fv)
     flags.DEFINE_string("image_size", None, "--augmented: network input 'S' or 'H,W' (the trainer's "
                         "--image_size; default: the network's).", **fv)
-    flags.DEFINE_float("zoom_out_max_ratio", 4.0, "--augmented: the zoom-out stage's largest canvas (the "
+    flags.DEFINE_float("zoom_out_max_ratio", trainer.zoom_out_max_ratio, "--augmented: the zoom-out stage's largest canvas (the "
                        "trainer's --zoom_out_max_ratio; 1 switches it off).", **fv)
     return flag_values
 
@@ -124,7 +126,6 @@ class _SplitReader:
         from preprocessing import seeds, visualization
         from tf_compat import tf1
 
-        self.tf = tf
         self.shard = tf1.placeholder(tf.string, [], name="shard")
         self.count = tf1.placeholder(tf.int64, [], name="records")
         records = tf.data.TFRecordDataset(self.shard).take(self.count)
@@ -176,10 +177,80 @@ def _parse_failure(error):
     return _MAP_PREFIX.sub("", command_line.first_line(error))
 
 
+class _Browse:
+    """One run's state: the statistics so far, the problems met, the pictures drawn."""
+
+    def __init__(self, options, spec, total):
+        from datasets import split_statistics
+
+        self.options, self.spec = options, spec
+        self.statistics = split_statistics.SplitStatistics(spec.labels_to_names)
+        self.problems = _framing_problems(spec)
+        self.drawn = []
+        self.digits = max(4, len(str(total - 1)))
+        self.suffix = f"_augmented_seed{options.seed}" if options.augmented else ""
+
+    def read_shard(self, session, reader, path, count, first_index, meter):
+        """Measures every record of the shard at ``path`` (``count`` readable ones, the first at
+        position ``first_index`` in the split) and draws those still wanted."""
+        import tensorflow as tf
+
+        session.run(reader.iterator.initializer, {reader.shard: path, reader.count: count})
+        for record in range(count):
+            wanted = len(self.drawn) < self.options.num_images
+            try:
+                values = session.run(reader.next if wanted else reader.listing)
+            except tf.errors.OutOfRangeError:
+                return
+            except tf.errors.DataLossError as error:
+                _problem(self.problems, path, record + 1,
+                         f"damaged data ({command_line.first_line(error)}); the rest of this shard ({count - record} "
+                         "records) is not read, in training neither: re-run tf_convert_data.py")
+                meter.update(count - record)
+                return
+            except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as error:
+                _problem(self.problems, path, record + 1, f"skipped: {_parse_failure(error)}")
+                meter.update(1)
+                continue
+            self.statistics.add_image(values["height"], values["width"], values["labels"], values["boxes"],
+                                      values["difficult"])
+            meter.update(1)
+            if wanted:
+                self.draw(session, reader, values, first_index + record, path, record + 1)
+
+    def draw(self, session, reader, values, index, path, record):
+        from PIL import Image
+
+        picture = _draw(session, reader, values, index, self.spec, self.problems, path, record)
+        if picture is None:
+            return
+        filename, source_id = _text(values["filename"]), _text(values["source_id"])
+        name = image_filename(index, filename, source_id, self.digits, self.suffix)
+        Image.fromarray(picture).save(os.path.join(self.options.output_dir, name))
+        self.drawn.append({"file": name, "index": index, "shard": os.path.basename(path), "record": record,
+                           "filename": filename, "source_id": source_id})
+
+    def report(self, out_shape):
+        """stats.json's content."""
+        options, spec = self.options, self.spec
+        summary = self.statistics.summary()
+        augmentation = {"seed": options.seed, "model_name": options.model_name, "image_size": list(out_shape),
+                        "zoom_out_max_ratio": options.zoom_out_max_ratio} if options.augmented else {}
+        return {
+            "dataset": spec.name,
+            "dataset_dir": os.path.abspath(spec.dataset_dir),
+            "split": spec.split_name,
+            "records_in_split": spec.num_samples,
+            "records_read": summary["images"],
+            "problems": self.problems,
+            "drawn": {"augmented": bool(options.augmented), **augmentation, "images": self.drawn},
+            **summary,
+        }
+
+
 def browse(options):
     """The command's work (flags already parsed): draws, measures, prints; returns the exit status."""
     import tensorflow as tf
-    from PIL import Image
 
     from datasets import dataset_factory, split_statistics
     from evaluation import progress
@@ -190,75 +261,26 @@ def browse(options):
     spec = dataset_factory.get_dataset(None, options.split, options.dataset_dir)
     _prepare_output_dir(options.output_dir)
     files, counts = dataset_factory.usable_records(spec, sorted(spec.files))
-    total = sum(counts)
-    digits = max(4, len(str(total - 1)))
-    suffix = f"_augmented_seed{options.seed}" if options.augmented else ""
-    statistics = split_statistics.SplitStatistics(spec.labels_to_names)
-    problems, drawn = _framing_problems(spec), []
+    run = _Browse(options, spec, sum(counts))
     with tf.Graph().as_default():
         reader = _SplitReader(options, spec)
-        meter = progress.Progress(f"Reading split '{spec.split_name}'", total, every_secs=PROGRESS_EVERY_S)
+        meter = progress.Progress(f"Reading split '{spec.split_name}'", sum(counts), every_secs=PROGRESS_EVERY_S)
         with tf1.Session(config=tf1.ConfigProto(device_count={"GPU": 0})) as session:
-            first_index = 0
-            for path, count in zip(files, counts):
-                session.run(reader.iterator.initializer, {reader.shard: path, reader.count: count})
-                for record in range(count):
-                    index = first_index + record
-                    wanted = len(drawn) < options.num_images
-                    try:
-                        values = session.run(reader.next if wanted else reader.listing)
-                    except tf.errors.OutOfRangeError:
-                        break
-                    except tf.errors.DataLossError as error:
-                        _problem(problems, path, record + 1,
-                                 f"damaged data ({command_line.first_line(error)}); the rest of this shard "
-                                 f"({count - record} records) is not read, in training neither: re-run "
-                                 "tf_convert_data.py")
-                        meter.update(count - record)
-                        break
-                    except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as error:
-                        _problem(problems, path, record + 1, f"skipped: {_parse_failure(error)}")
-                        meter.update(1)
-                        continue
-                    statistics.add_image(values["height"], values["width"], values["labels"], values["boxes"],
-                                         values["difficult"])
-                    meter.update(1)
-                    if wanted:
-                        picture = _draw(session, reader, values, index, spec, problems, path, record + 1)
-                        if picture is not None:
-                            name = image_filename(index, _text(values["filename"]), _text(values["source_id"]),
-                                                  digits, suffix)
-                            Image.fromarray(picture).save(os.path.join(options.output_dir, name))
-                            drawn.append({"file": name, "index": index, "shard": os.path.basename(path),
-                                          "record": record + 1, "filename": _text(values["filename"]),
-                                          "source_id": _text(values["source_id"])})
-                first_index += count
+            for shard, (path, count) in enumerate(zip(files, counts)):
+                run.read_shard(session, reader, path, count, sum(counts[:shard]), meter)
         meter.finish()
-    summary = statistics.summary()
-    report = {
-        "dataset": spec.name,
-        "dataset_dir": os.path.abspath(spec.dataset_dir),
-        "split": spec.split_name,
-        "records_in_split": spec.num_samples,
-        "records_read": summary["images"],
-        "problems": problems,
-        "drawn": {"augmented": bool(options.augmented), "images": drawn,
-                  **({"seed": options.seed, "model_name": options.model_name,
-                      "image_size": list(reader.out_shape)} if options.augmented else {})},
-        **summary,
-    }
-    stats_path = os.path.join(options.output_dir, STATS_FILENAME)
-    with open(stats_path, "w", encoding="utf-8") as stream:
+    report = run.report(reader.out_shape)
+    with open(os.path.join(options.output_dir, STATS_FILENAME), "w", encoding="utf-8") as stream:
         json.dump(report, stream, indent=1)
         stream.write("\n")
-    read = summary["images"]
-    header = f"Split '{spec.split_name}' of dataset '{spec.name}' ({spec.dataset_dir})"
-    if read != spec.num_samples:
-        header += f": {read} of its {spec.num_samples} records read, {len(problems)} problem(s) (see stats.json)"
-    print(header)
-    print("\n".join(split_statistics.format_tables(summary)))
+    print(f"Split '{spec.split_name}' of dataset '{spec.name}' ({spec.dataset_dir})"
+          + ("" if report["records_read"] == spec.num_samples else
+             f": {report['records_read']} of its {spec.num_samples} records read"))
+    if run.problems:
+        print(f"{len(run.problems)} problem(s): named in the warnings above and in {STATS_FILENAME}")
+    print("\n".join(split_statistics.format_tables(report)))
     what = "augmented images" if options.augmented else "images"
-    print(f"\n{len(drawn)} {what} and {STATS_FILENAME} written to {options.output_dir}")
+    print(f"\n{len(run.drawn)} {what} and {STATS_FILENAME} written to {options.output_dir}")
     return command_line.EXIT_OK
 
 
@@ -278,12 +300,13 @@ def _framing_problems(spec):
 def _draw(session, reader, values, index, spec, problems, path, record):
     """The record as a picture (uint8 [H, W, 3]) with its boxes, or None when its image cannot be decoded."""
     import numpy as np
+    import tensorflow as tf
 
     from evaluation import detection_images
 
     try:
         example = session.run(reader.drawn, {reader.serialized: values["serialized"], reader.index: index})
-    except (reader.tf.errors.InvalidArgumentError, UnicodeDecodeError) as error:
+    except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as error:
         _problem(problems, path, record, f"not drawn: {_parse_failure(error)}")
         return None
     decoded_height, decoded_width = (int(v) for v in example["decoded_shape"][:2])

@@ -200,7 +200,8 @@ def test_a_corrupt_record_is_named_and_skipped(tiny_dataset, tmp_path, capfd, ca
     assert (stats["records_in_split"], stats["records_read"]) == (4, 3)
     assert stats["problems"] == [{"file": str(shard), "record": 2, "problem": "skipped: not a readable tf.train.Example"}]
     assert len(_pngs(out)) == 3 and not any(name.startswith("0001_") for name in _pngs(out))
-    assert "3 of its 4 records read, 1 problem(s)" in printed.splitlines()[0]
+    assert printed.splitlines()[0].endswith(": 3 of its 4 records read")
+    assert printed.splitlines()[1] == "1 problem(s): named in the warnings above and in stats.json"
 
 
 def test_a_stored_size_that_is_not_the_image_size_is_named(tiny_dataset, tmp_path, capfd, caplog):
