@@ -288,3 +288,25 @@ def test_python_m_datasets_browse(tiny_dataset, tmp_path):
     assert "Reading split 'trainval': 4 images in" in completed.stderr
     assert any(line.split()[:3] == ["all", "3", "5"] for line in completed.stdout.splitlines()), completed.stdout
     assert len(_pngs(out)) == 1 and (out / "stats.json").is_file()
+
+
+def test_parse_listing_reads_the_stored_size_else_decodes_the_image():
+    import io
+
+    from datasets import tfrecord_schema
+
+    encoded = io.BytesIO()
+    Image.new("RGB", (30, 20), GREY).save(encoded, "PNG")
+    stored = tfrecord_schema.make_example(encoded.getvalue(), "PNG", 200, 100, [[0.1, 0.2, 0.5, 0.6]], [2],
+                                          difficult=[1], filename="a.png")
+    lacking = tfrecord_schema.make_example(encoded.getvalue(), "PNG", 0, 0, [], [])
+    with tf.Graph().as_default():
+        serialized = tf.compat.v1.placeholder(tf.string, [])
+        listing = tfrecord_schema.parse_listing(serialized)
+        with tf.compat.v1.Session() as session:
+            first = session.run(listing, {serialized: stored.SerializeToString()})
+            second = session.run(listing, {serialized: lacking.SerializeToString()})
+    assert (first["height"], first["width"], first["filename"]) == (200, 100, b"a.png")
+    assert first["labels"].tolist() == [2] and first["difficult"].tolist() == [1]
+    np.testing.assert_allclose(first["boxes"], [[0.1, 0.2, 0.5, 0.6]])
+    assert (second["height"], second["width"], second["boxes"].shape) == (20, 30, (0, 4))
