@@ -5,7 +5,7 @@ them: relative ``[ymin, xmin, ymax, xmax]``), it answers what a user checks befo
 
 - images, images without objects, and per class the images holding it, its objects, its difficult
   objects;
-- box sizes in pixels of the stored image and relative to it: width, height, sqrt(area), and the
+- box sizes (of every object, difficult ones included) in pixels of the stored image and relative to it: width, height, sqrt(area), and the
   aspect ratio width/height in pixels; each as min / 5th percentile / median / 95th percentile / max
   (numpy's linear interpolation);
 - COCO's size buckets on the box area in image pixels: small below 32², medium below 96², large
