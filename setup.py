@@ -19,6 +19,7 @@ TOOLS = {
     "ssd_convert_class_count": "checkpoints.convert_class_count",
     "ssd_inspect_checkpoint": "checkpoints.inspect_checkpoint",
     "ssd_anchor_coverage": "nets.anchor_coverage",
+    "ssd_browse_data": "datasets.browse",
 }
 
 setup(

@@ -155,3 +155,27 @@ def parse_objects(serialized):
     """The objects of one serialized Example without decoding its image: boxes, labels, difficult,
     truncated as :func:`parse_example` returns them (for statistics over a whole split)."""
     return _parse_objects(tf.io.parse_single_example(serialized, _features_spec()))
+
+
+def parse_listing(serialized):
+    """What statistics over a split need from one serialized Example, without decoding its image
+    (unless the record lacks its size): the objects as :func:`parse_objects` returns them, plus
+    height and width int64 scalars (the stored ``image/height``/``image/width``; the decoded
+    image's when they are missing or 0), filename and source_id string scalars."""
+    spec = {**_features_spec(), HEIGHT: tf.io.FixedLenFeature((), tf.int64, default_value=0),
+            WIDTH: tf.io.FixedLenFeature((), tf.int64, default_value=0)}
+    parsed = tf.io.parse_single_example(serialized, spec)
+    stored = tf.stack([parsed[HEIGHT], parsed[WIDTH]])
+
+    def decoded_size():
+        image = tf.io.decode_image(parsed[ENCODED], channels=3, dtype=tf.uint8, expand_animations=False)
+        return tf.cast(tf.shape(image)[:2], tf.int64)
+
+    size = tf.cond(tf.reduce_all(stored > 0), lambda: stored, decoded_size)
+    return {
+        **_parse_objects(parsed),
+        "height": size[0],
+        "width": size[1],
+        "filename": parsed[FILENAME],
+        "source_id": parsed[SOURCE_ID],
+    }
