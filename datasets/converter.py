@@ -52,6 +52,8 @@ class ConversionOptions:
     keep_incomplete_images: bool = False  # keep JPEGs whose scan ends early (grey remainder), with a warning
     format: str = "auto"  # datasets.formats.FORMATS: the roots' annotation format, or detect it per root
     split_sources: dict = dataclasses.field(default_factory=dict)  # {split: source}: where a split comes from
+    coco_annotations: tuple = ()  # COCO JSON files to read (--annotations) instead of searching the roots
+    images_dir: str | None = None  # where COCO file_names are relative to (--images_dir)
 
 
 @dataclasses.dataclass
@@ -111,7 +113,7 @@ def _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split
     pending = []
     seen_annotations = set()
     for item, (annotation, error) in zip(items, parsed):
-        key = os.path.realpath(item.annotation_path)
+        key = (os.path.realpath(item.annotation_path), item.id_stem)  # a COCO file annotates many images
         if key in seen_annotations:
             problems.append(report.Problem(item.annotation_path, "id", report.WARNING, "duplicate id",
                                            f"{item.source_id}: this annotation is already in split '{item.split}' "
@@ -254,7 +256,7 @@ def _convert_image_task(task):
                      for field, message in image.notes]
         if annotated_size and annotated_size != (image.width, image.height):
             problems.append(report.Problem(path, "size", report.FIXED, "size from image",
-                                           f"XML says {annotated_size[0]}x{annotated_size[1]}, the image is "
+                                           f"the annotation says {annotated_size[0]}x{annotated_size[1]}, the image is "
                                            f"{image.width}x{image.height}; using the image"))
         boxes, labels, texts, difficult, truncated = [], [], [], [], []
         for obj in annotation.objects:
@@ -406,7 +408,7 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
     _check_output_path(output_dir)
     splits = tuple(options.splits)
     found = formats.discover(dataset_dirs, splits, options.format, options.test_fraction, options.split_seed,
-                             options.split_sources)
+                             options.split_sources, options.coco_annotations, options.images_dir)
     roots, indexes, problems = found.roots, found.indexes, found.problems
     for statement in found.statements:
         log("%s", statement)
@@ -423,7 +425,10 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
         pending_by_split, seen_images_by_split = {}, {split: {} for split in splits}
         for split in splits:
             items = found.by_split[split]
-            parsed = list(_map(pool, _parse_annotation_task, items, chunksize=16))
+            # Parsed sources (COCO) have nothing to do in pass 1: sending their annotations to the workers and
+            # back would only copy them.
+            parse_pool = None if all(item.annotation_format == "parsed" for item in items) else pool
+            parsed = list(_map(parse_pool, _parse_annotation_task, items, chunksize=16))
             pending_by_split[split] = _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split)
         _check_cross_split_overlap(seen_images_by_split, problems)
         names_by_id, class_ids = _class_ids(pending_by_split, options, found.class_names)

@@ -5,6 +5,8 @@ item's annotation in pass 1 of the conversion (``read_annotation``, run in worke
 
 Formats (``--format``):
 - ``voc``: Pascal VOC layout, ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``
+- ``coco``: COCO JSON files (``annotations/instances_<split>.json``, Roboflow's ``<split>/_annotations.coco.json``
+  or a JSON at the root); see datasets.coco_json for where images and splits come from
 - ``labelimg``: a folder of labelImg/VOC XML files, images beside them or anywhere under the folder
 - ``auto`` (default): the first of the above whose files the root has, stated in one log line;
   a root matching none is refused with the list of layouts understood.
@@ -13,16 +15,17 @@ Formats (``--format``):
 import dataclasses
 import os
 
-from datasets import sources, voc_xml
+from datasets import coco_json, sources, voc_xml
 
-FORMATS = ("auto", "voc", "labelimg")
+FORMATS = ("auto", "voc", "coco", "labelimg")
 
 LAYOUTS_UNDERSTOOD = (
     "Pascal VOC (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt); "
+    "COCO JSON (annotations/instances_<split>.json, <split>/_annotations.coco.json or a *.json at the root); "
     "labelImg folders (*.xml annotations beside or apart from the images)"
 )
 
-_FORMAT_NAMES = {"voc": "Pascal VOC", "labelimg": "labelImg"}
+_FORMAT_NAMES = {"voc": "Pascal VOC", "coco": "COCO JSON", "labelimg": "labelImg"}
 
 
 @dataclasses.dataclass
@@ -48,6 +51,8 @@ def detect_layout(root):
     """The format of ``root`` (a directory), or raises SourceError naming the layouts understood."""
     if sources.is_voc_root(root):
         return "voc"
+    if coco_json.find_coco_files(root):
+        return "coco"
     if _has_xml(root):
         return "labelimg"
     raise sources.SourceError(f"{root}: no annotations in a layout this converter understands; it reads "
@@ -72,11 +77,15 @@ def _merged_class_names(found):
     return lists.pop()
 
 
-def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=0, split_sources=None):
+def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=0, split_sources=None,
+             coco_annotations=(), images_dir=None):
     """Finds every root's annotated items for ``splits``; returns a Discovery.
 
     ``split_sources`` ({split: source}) says where a split comes from when its name does not: a VOC
     split file name (``{'trainval': 'train'}`` reads ImageSets/Main/train.txt).
+
+    ``coco_annotations`` (COCO JSON files) are read instead of searching the root for them, and
+    ``images_dir`` is where COCO file_names are relative to (datasets.coco_json).
 
     Raises SourceError when a root or the split request cannot be used at all.
     """
@@ -96,8 +105,14 @@ def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=
     for root_index, (root, label) in enumerate(zip(roots, sources.root_labels(roots))):
         _check_directory(root)
         root_layout = detect_layout(root) if layout == "auto" else layout
+        if (coco_annotations or images_dir) and root_layout != "coco":
+            raise sources.SourceError(f"{root}: --annotations and --images_dir are for COCO JSON, but this root was "
+                                      f"read as {_FORMAT_NAMES[root_layout]}")
         if root_layout == "voc":
             found = sources.discover_voc(root, root_index, label, splits, result.problems, split_sources)
+        elif root_layout == "coco":
+            found = coco_json.discover_coco(root, root_index, label, splits, result.problems, split_sources,
+                                            test_fraction, split_seed, coco_annotations, images_dir)
         else:
             if split_sources:
                 raise sources.SourceError(f"{root}: a labelImg folder has no split files or folders, so --splits cannot "
