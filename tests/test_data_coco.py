@@ -414,3 +414,26 @@ def test_bad_flags_give_one_line_and_exit_2(tmp_path, caplog, flags, named):
     errors = _errors(caplog)
     assert status == 2 and len(errors) == 1 and named in errors[0], errors
     assert "Traceback" not in caplog.text
+
+
+# ----------------------------------------------------------------------------- the benchmark, so it cannot rot
+
+
+@pytest.mark.slow
+def test_bench_convert_coco_runs_on_a_tiny_dataset(tmp_path):
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "bench_convert_coco.py")
+    completed = subprocess.run([sys.executable, script, "--num_images=40", "--workers=1", f"--work_dir={tmp_path}"],
+                               capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    lines = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    by_what = {line["what"]: line for line in lines}
+    assert by_what["COCO JSON file"]["config"]["images"] == 40 and by_what["COCO JSON file"]["annotations"] > 0
+    for layout in ("voc", "coco"):
+        assert by_what[f"tf_convert_data throughput, {layout} input"]["images"] == 40
+    assert by_what["COCO time per image / VOC time per image"]["value"] > 0
+    memory = by_what["COCO parse peak memory / JSON size"]
+    assert memory["value"] > 0 and memory["json_load_for_comparison"] > 0 and memory["tracemalloc"] > 0
