@@ -4,7 +4,8 @@
 
 Generates the built-in synthetic dataset as a VOC root (small real JPEGs), writes the same
 annotations as one COCO file (annotations/instances_train.json, images hard-linked into train/,
-each box with a segmentation polygon so that an annotation is about as large as COCO's: ~0.5 kB),
+each box with a segmentation polygon so that an annotation is about as large as COCO's, ~0.5 kB, and
+up to 13 objects an image so that an image's share is too, ~3.8 kB),
 then converts both, each in its own process with the same worker count, and measures the COCO parse
 alone in a fresh process (peak RSS growth, and tracemalloc's peak of Python allocations).
 
@@ -150,6 +151,7 @@ def define_flags(flag_values):
     flags.DEFINE_integer("polygon_points", 32,
                          "vertices of each segmentation polygon; 32 makes an annotation ~0.5 kB of JSON, as in COCO",
                          **fv)
+    flags.DEFINE_integer("max_objects", 13, "objects per generated image at most (1..max, COCO averages 7.3)", **fv)
     flags.DEFINE_string("work_dir", None, "where the data go (default: a temporary folder, removed after)", **fv)
     flags.DEFINE_string("child", None, "internal: 'parse:<how>:<coco root>' or 'convert:<workers>:<root>:<out>'", **fv)
     return flag_values
@@ -186,7 +188,9 @@ def run(args, work_dir, machine_line):
     from datasets import sample_data
 
     voc_root, coco_root = os.path.join(work_dir, "voc"), os.path.join(work_dir, "coco")
-    sample_data.generate_voc_sample(voc_root, num_images=args.num_images, image_size=(48, 96), seed=0)
+    # COCO has 7.3 objects per image; the sample's default (1-4) would make the JSON a third as large per image.
+    sample_data.MAX_OBJECTS = args.max_objects
+    sample_data.generate_voc_sample(voc_root, num_images=args.num_images, image_size=(64, 128), seed=0)
     json_path, num_images, num_annotations = write_coco(voc_root, coco_root, args.polygon_points)
     json_bytes = os.path.getsize(json_path)
     config = {"images": num_images, "workers": args.workers}

@@ -180,6 +180,21 @@ def _mkdir(path):
     return path
 
 
+def test_a_label_map_matches_categories_by_name_and_drops_the_others(messy, tmp_path, read_split):
+    root, _ = messy
+    labels = tmp_path / "labels.txt"
+    labels.write_text("zebra\ncat\n")  # dog is not in it
+    result = converter.convert([str(root)], str(tmp_path / "out"), "messy", converter.ConversionOptions(
+        splits=("all",), label_map_path=str(labels)))
+    spec, examples = read_split(tmp_path / "out", "all")
+    assert spec.labels_to_names == {0: "none", 1: "zebra", 2: "cat"}
+    a = next(e for e in examples if e["source_id"].decode() == "shop/instances/10")
+    np.testing.assert_array_equal(a["labels"], [2, 1])
+    np.testing.assert_allclose(a["boxes"], [_relative(b) for b, _, _ in GOOD_A[:2]], atol=1e-6)
+    [unknown] = [p for p in result.problems if p.reason == "unknown class"]
+    assert (unknown.field, unknown.action) == ("annotations[2]/name", report.DROPPED_OBJECT)
+
+
 # ----------------------------------------------------------------------------- VOC and COCO, same records
 
 
