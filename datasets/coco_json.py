@@ -19,7 +19,8 @@ Meaning of the fields:
   file's stem when it lies outside the root), e.g. ``coco/annotations/instances_val2017/139``, so
   detections can be mapped back to the COCO image id. The record's ``filename`` is, as for VOC,
   ``<root label>/<image path relative to the root>``. Apart from those two fields and the record
-  order, a VOC dataset written as COCO JSON converts to the same records.
+  order (and VOC's truncated flags, which COCO cannot carry), a VOC dataset written as COCO JSON
+  (difficult as iscrowd) converts to the same records.
 
 Reported and dropped (``dropped object``, field ``annotations[i]``): an annotation whose image id or
 category id is unknown, a malformed bbox (not 4 finite numbers) or one of negative size. Reported and
@@ -40,7 +41,8 @@ When none holds it, the first existing candidate is used and each missing image 
 
 Which files, which splits (``--dataset_dir``): the COCO files of a root are the ``*.json`` files at
 the root, in ``annotations/`` and in its direct subfolders (``train/``, ``valid/``...) whose first
-bytes have a top-level ``images``, ``annotations`` or ``categories`` key. One file and plain split
+64 kB show a top-level ``images``, ``annotations`` or ``categories`` key (big files are not loaded
+to detect them). One file and plain split
 names: its images are split by a seeded shuffle (``--test_fraction``, ``--split_seed``), as for
 labelImg folders. Several files: ``--splits`` must map every split to a file, ``name=file`` with the
 file relative to the root or to its ``annotations/`` (``trainval=instances_train2017.json``); a
@@ -62,7 +64,7 @@ from datasets import label_map, sources, voc_xml
 
 PEEK_BYTES = 64 * 1024  # enough for the info/licenses header that precedes COCO's big arrays
 COCO_KEYS = ("images", "annotations", "categories")
-EXACT_POSITION_MAX_BYTES = 64 * 1024 * 1024  # bad JSON up to this size is re-read to give its line and column
+EXACT_POSITION_MAX_BYTES = 16 * 1024 * 1024  # bad JSON up to this size is re-read to give its line and column
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -410,7 +412,7 @@ def choose_image_folder(root, path):
 def _file_for_source(root, source, files, explicit):
     """The COCO file a ``--splits name=source`` entry names."""
     if explicit:
-        matches = [path for path in files if source in (path, os.path.abspath(source), os.path.basename(path))]
+        matches = [path for path in files if path == os.path.abspath(source) or source == os.path.basename(path)]
         if len(matches) == 1:
             return matches[0]
         raise sources.SourceError(f"--splits maps a split to {source!r}, which is not one of the --annotations files "
@@ -446,9 +448,10 @@ def _assign_files(root, files, splits, split_sources, explicit):
     if len(files) == 1:
         return {split: None for split in splits}
     listed = ", ".join(os.path.relpath(path, root) if not explicit else path for path in files)
-    first, second = (os.path.basename(path) for path in files[:2])
+    names = splits if len(splits) >= 2 else ["trainval", "test"]
+    example = ",".join(f"{split}={os.path.basename(path)}" for split, path in zip(names, files))
     raise sources.SourceError(f"{root}: {len(files)} COCO files ({listed}); say which split each one is, e.g. "
-                              f"--splits=trainval={first},test={second}")
+                              f"--splits={example}")
 
 
 def _merge_categories(read_files):

@@ -376,6 +376,22 @@ def test_roboflow_and_root_json_layouts_find_their_images(tmp_path):
     assert found.by_split["train"][0].image_path.startswith(str(flat / "images"))
 
 
+def test_annotation_files_given_by_flag_are_mapped_to_splits_by_path_or_name(tmp_path):
+    photos = tmp_path / "photos"
+    first = _tiny_coco(tmp_path / "a" / "labels.json", photos, ["a.jpg", "b.jpg"])
+    second = _tiny_coco(tmp_path / "b" / "more.json", photos, ["c.jpg"], first_id=5)
+    files = [str(first), str(second)]
+    with pytest.raises(sources.SourceError, match="2 COCO files.*--splits=train=labels.json,test=more.json"):
+        formats.discover([str(photos)], ("train", "test"), layout="coco", coco_annotations=files, images_dir=str(photos))
+    found = formats.discover([str(photos)], ("train", "test"), layout="coco", coco_annotations=files,
+                             images_dir=str(photos), split_sources={"train": str(first), "test": "more.json"})
+    assert [item.source_id for item in found.by_split["test"]] == ["photos/more/5"]
+    assert [os.path.basename(item.image_path) for item in found.by_split["train"]] == ["a.jpg", "b.jpg"]
+    with pytest.raises(sources.SourceError, match="not one of the --annotations files"):
+        formats.discover([str(photos)], ("train",), layout="coco", coco_annotations=files, images_dir=str(photos),
+                         split_sources={"train": str(tmp_path / "other.json")})
+
+
 def test_detection_reads_only_the_head_of_a_json_file(tmp_path):
     big = tmp_path / "big.json"
     big.write_text('{"info": {"x": "' + "y" * 200_000 + '"}, "images": []}')  # no COCO key in the first 64 kB
