@@ -427,10 +427,20 @@ def _file_for_source(root, source, files, explicit):
             if len(inside) == 1:
                 return inside[0]
         if os.path.isfile(candidate):
-            return candidate
+            return os.path.normpath(candidate)
     listed = ", ".join(os.path.relpath(path, root) for path in files) or "none"
     raise sources.SourceError(f"--splits ...={source}: no such COCO file in {root} or its annotations/ (COCO files "
                               f"found: {listed})")
+
+
+def _source_name(root, path, files, explicit):
+    """The shortest ``--splits`` source that names ``path`` (Roboflow's files all share one file name)."""
+    name = os.path.basename(path)
+    if explicit:
+        return name if [os.path.basename(other) for other in files].count(name) == 1 else path
+    if os.path.dirname(path) == os.path.join(root, "annotations"):
+        return name
+    return os.path.relpath(path, root).replace(os.sep, "/")
 
 
 def _assign_files(root, files, splits, split_sources, explicit):
@@ -449,7 +459,7 @@ def _assign_files(root, files, splits, split_sources, explicit):
         return {split: None for split in splits}
     listed = ", ".join(os.path.relpath(path, root) if not explicit else path for path in files)
     names = splits if len(splits) >= 2 else ["trainval", "test"]
-    example = ",".join(f"{split}={os.path.basename(path)}" for split, path in zip(names, files))
+    example = ",".join(f"{split}={_source_name(root, path, files, explicit)}" for split, path in zip(names, files))
     raise sources.SourceError(f"{root}: {len(files)} COCO files ({listed}); say which split each one is, e.g. "
                               f"--splits={example}")
 

@@ -364,6 +364,9 @@ def test_roboflow_and_root_json_layouts_find_their_images(tmp_path):
     roboflow = tmp_path / "rf"
     for split, names in (("train", ["a.jpg", "b.jpg"]), ("valid", ["c.jpg"])):
         _tiny_coco(roboflow / split / "_annotations.coco.json", roboflow / split, names)
+    with pytest.raises(sources.SourceError, match=r"--splits=trainval=train/_annotations.coco.json,"
+                                                  r"test=valid/_annotations.coco.json"):
+        formats.discover([str(roboflow)], ("trainval", "test"))
     found = formats.discover([str(roboflow)], ("trainval", "test"), split_sources={"trainval": "train", "test": "valid"})
     assert [len(found.by_split[s]) for s in ("trainval", "test")] == [2, 1]
     assert found.by_split["test"][0].image_path == str(roboflow / "valid" / "c.jpg")
