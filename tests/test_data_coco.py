@@ -459,12 +459,14 @@ def test_command_line_with_annotations_and_images_dir_and_with_a_mapped_dataset_
     ([], "give --dataset_dir"),
     (["--dataset_dir={tmp}/coco"], "--splits=trainval=instances_a.json,test=instances_b.json"),
     (["--annotations={tmp}/bad.json", "--images_dir={tmp}"], "bad.json: not valid JSON at line 1 column"),
+    (["--annotations={tmp}/list.json", "--images_dir={tmp}"], "list.json: not a COCO annotation file: the top level"),
 ])
 def test_bad_flags_give_one_line_and_exit_2(tmp_path, caplog, flags, named):
     json_path = _tiny_coco(tmp_path / "l.json", tmp_path / "img", ["a.jpg"])
     _tiny_coco(tmp_path / "coco" / "annotations" / "instances_a.json", tmp_path / "coco" / "a", ["a.jpg"])
     _tiny_coco(tmp_path / "coco" / "annotations" / "instances_b.json", tmp_path / "coco" / "b", ["b.jpg"])
     (tmp_path / "bad.json").write_text('{"images": [}')
+    (tmp_path / "list.json").write_text('[{"images": []}]')
     argv = [flag.format(json=json_path, tmp=tmp_path) for flag in flags]
     status = tf_convert_data.main(argv + [f"--output_dir={tmp_path / 'out'}", "--num_workers=1"])
     errors = _errors(caplog)
