@@ -42,6 +42,9 @@ setup(
         "absl-py>=2.1",
         # COCO AP@[.5:.95] and the small/medium/large breakdown, computed by the reference code itself.
         "pycocotools>=2.0.7",
+        # Streams COCO JSON (datasets/coco_json.py): json.load of COCO's polygons needs more than 4x the
+        # file size (~450 MB for train2017) in Python objects; ijson's C backend keeps only the boxes.
+        "ijson>=3.2",
         # Reads Keras' VGG-16 weights files (checkpoints/keras_vgg16.py); TensorFlow pulls it in too.
         "h5py>=3.10",
         # YOLO datasets name their classes and folders in data.yaml (datasets/yolo_text.py); read with

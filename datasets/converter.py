@@ -52,6 +52,8 @@ class ConversionOptions:
     keep_incomplete_images: bool = False  # keep JPEGs whose scan ends early (grey remainder), with a warning
     format: str = "auto"  # datasets.formats.FORMATS: the roots' annotation format, or detect it per root
     split_sources: dict = dataclasses.field(default_factory=dict)  # {split: source}: where a split comes from
+    coco_annotations: tuple = ()  # COCO JSON files to read (--annotations) instead of searching the roots
+    images_dir: str | None = None  # where COCO file_names are relative to (--images_dir)
 
 
 @dataclasses.dataclass
@@ -113,7 +115,7 @@ def _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split
     pending = []
     seen_annotations = set()
     for item, (annotation, error) in zip(items, parsed):
-        key = os.path.realpath(item.annotation_path)
+        key = (os.path.realpath(item.annotation_path), item.id_stem)  # a COCO file annotates many images
         if key in seen_annotations:
             problems.append(report.Problem(item.annotation_path, "id", report.WARNING, "duplicate id",
                                            f"{item.source_id}: this annotation is already in split '{item.split}' "
@@ -169,7 +171,7 @@ def _check_cross_split_overlap(seen_images_by_split, problems):
                 first_split_of[image_key] = split
 
 
-def _class_ids(pending_by_split, options, source_class_names=None):
+def _class_ids(pending_by_split, options, discovery):
     """{name: id} from the label map, else the source's own class list (COCO categories, YOLO names),
     else the names found in the data; enforces the unknown-class policy."""
     if options.label_map_path:
@@ -179,8 +181,8 @@ def _class_ids(pending_by_split, options, source_class_names=None):
             raise ConversionError(str(err)) from None
         except OSError as err:
             raise ConversionError(f"label map {options.label_map_path}: {err.strerror or err}") from None
-    elif source_class_names is not None:
-        names_by_id = dict(enumerate(source_class_names, start=1))
+    elif discovery.source_class_names() is not None:
+        names_by_id = dict(enumerate(discovery.source_class_names(), start=1))
     else:
         names = {obj.name for pending in pending_by_split.values() for p in pending for obj in p.annotation.objects if obj.name}
         names_by_id = label_map.label_map_from_names(names)
@@ -264,7 +266,7 @@ def _convert_image_task(task):
                      for field, message in image.notes]
         if annotated_size and annotated_size != (image.width, image.height):
             problems.append(report.Problem(path, "size", report.FIXED, "size from image",
-                                           f"XML says {annotated_size[0]}x{annotated_size[1]}, the image is "
+                                           f"the annotation says {annotated_size[0]}x{annotated_size[1]}, the image is "
                                            f"{image.width}x{image.height}; using the image"))
         boxes, labels, texts, difficult, truncated = [], [], [], [], []
         for obj in annotation.objects:
@@ -416,7 +418,7 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
     _check_output_path(output_dir)
     splits = tuple(options.splits)
     found = formats.discover(dataset_dirs, splits, options.format, options.test_fraction, options.split_seed,
-                             options.split_sources)
+                             options.split_sources, options.coco_annotations, options.images_dir)
     roots, indexes, problems = found.roots, found.indexes, found.problems
     for statement in found.statements:
         log("%s", statement)
@@ -433,10 +435,13 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
         pending_by_split, seen_images_by_split = {}, {split: {} for split in splits}
         for split in splits:
             items = found.by_split[split]
-            parsed = list(_map(pool, _parse_annotation_task, items, chunksize=16))
+            # Parsed sources (COCO) have nothing to do in pass 1: sending their annotations to the workers and
+            # back would only copy them.
+            parse_pool = None if all(item.annotation_format == "parsed" for item in items) else pool
+            parsed = list(_map(parse_pool, _parse_annotation_task, items, chunksize=16))
             pending_by_split[split] = _resolve_items(items, parsed, indexes, roots, problems, seen_images_by_split)
         _check_cross_split_overlap(seen_images_by_split, problems)
-        names_by_id, class_ids = _class_ids(pending_by_split, options, found.class_names)
+        names_by_id, class_ids = _class_ids(pending_by_split, options, found)
         split_infos = {
             split: _write_split(pool, output_name, split, pending_by_split[split], class_ids, names_by_id, options,
                                 temp_dir, problems, log)

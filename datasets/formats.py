@@ -5,9 +5,11 @@ item's annotation in pass 1 of the conversion (``read_annotation``, run in worke
 
 Formats (``--format``):
 - ``voc``: Pascal VOC layout, ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``
-- ``labelimg``: a folder of labelImg/VOC XML files, images beside them or anywhere under the folder
+- ``coco``: COCO JSON files (``annotations/instances_<split>.json``, Roboflow's ``<split>/_annotations.coco.json``
+  or a JSON at the root); see datasets.coco_json for where images and splits come from
 - ``yolo``: YOLO text labels (``class cx cy w h``), ``images/`` + ``labels/`` or labels beside the images,
   classes from ``classes.txt`` or ``data.yaml`` (datasets.yolo_text)
+- ``labelimg``: a folder of labelImg/VOC XML files, images beside them or anywhere under the folder
 - ``auto`` (default): the first of the above whose files the root has, stated in one log line;
   a root matching none is refused with the list of layouts understood.
 """
@@ -15,17 +17,18 @@ Formats (``--format``):
 import dataclasses
 import os
 
-from datasets import sources, voc_xml, yolo_text
+from datasets import coco_json, sources, voc_xml, yolo_text
 
-FORMATS = ("auto", "voc", "labelimg", "yolo")
+FORMATS = ("auto", "voc", "coco", "yolo", "labelimg")
 
 LAYOUTS_UNDERSTOOD = (
     "Pascal VOC (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt); "
-    "labelImg folders (*.xml annotations beside or apart from the images); "
-    "YOLO text (classes.txt or data.yaml, labels/*.txt or .txt beside the images)"
+    "COCO JSON (annotations/instances_<split>.json, <split>/_annotations.coco.json or a *.json at the root); "
+    "YOLO text (classes.txt or data.yaml, labels/*.txt or .txt beside the images); "
+    "labelImg folders (*.xml annotations beside or apart from the images)"
 )
 
-_FORMAT_NAMES = {"voc": "Pascal VOC", "labelimg": "labelImg", "yolo": "YOLO text"}
+_FORMAT_NAMES = {"voc": "Pascal VOC", "coco": "COCO JSON", "yolo": "YOLO text", "labelimg": "labelImg"}
 
 
 @dataclasses.dataclass
@@ -36,7 +39,19 @@ class Discovery:
     layouts: list  # per root: the format it was read as
     problems: list  # report.Problem found while discovering
     statements: list  # per root: one line saying what was found and how it was detected
-    class_names: tuple | None  # the sources' own class list in id order, None: the names found in the data
+    class_name_lists: list  # (root, its own class list in id order) for roots that define one (COCO, YOLO)
+
+    def source_class_names(self):
+        """The class list the roots agree on, or None when no root defines one (VOC and labelImg take
+        theirs from the data). Asked only without --label_map, which overrides the sources' lists."""
+        lists = {names for _root, names in self.class_name_lists}
+        if not lists:
+            return None
+        if len(lists) > 1:
+            described = "; ".join(f"{root}: {', '.join(names)}" for root, names in self.class_name_lists)
+            raise sources.SourceError(f"the dataset roots define different class lists ({described}); give "
+                                      "--label_map to fix one list for all of them")
+        return lists.pop()
 
 
 def _has_xml(root):
@@ -51,6 +66,8 @@ def detect_layout(root):
     """The format of ``root`` (a directory), or raises SourceError naming the layouts understood."""
     if sources.is_voc_root(root):
         return "voc"
+    if coco_json.find_coco_files(root):
+        return "coco"
     if yolo_text.is_yolo_root(root):
         return "yolo"
     if _has_xml(root):
@@ -65,23 +82,15 @@ def _check_directory(root):
         raise sources.SourceError(f"dataset directory {root} {what}")
 
 
-def _merged_class_names(found):
-    """The class list the roots agree on; roots without one (VOC, labelImg) take theirs from the data."""
-    lists = {names for _root, names in found if names is not None}
-    if not lists:
-        return None
-    if len(lists) > 1:
-        described = "; ".join(f"{root}: {', '.join(names)}" for root, names in found if names is not None)
-        raise sources.SourceError(f"the dataset roots define different class lists ({described}); give --label_map "
-                                  "to fix one list for all of them")
-    return lists.pop()
-
-
-def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=0, split_sources=None):
+def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=0, split_sources=None,
+             coco_annotations=(), images_dir=None):
     """Finds every root's annotated items for ``splits``; returns a Discovery.
 
     ``split_sources`` ({split: source}) says where a split comes from when its name does not: a VOC
     split file name (``{'trainval': 'train'}`` reads ImageSets/Main/train.txt).
+
+    ``coco_annotations`` (COCO JSON files) are read instead of searching the root for them, and
+    ``images_dir`` is where COCO file_names are relative to (datasets.coco_json).
 
     Raises SourceError when a root or the split request cannot be used at all.
     """
@@ -96,13 +105,18 @@ def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=
     if unknown:
         raise sources.SourceError(f"--splits maps {unknown} to a source, but they are not among the splits {list(splits)}")
     roots = [os.path.abspath(d) for d in dataset_dirs]
-    result = Discovery({split: [] for split in splits}, roots, [], [], [], [], None)
-    found_class_names = []
+    result = Discovery({split: [] for split in splits}, roots, [], [], [], [], [])
     for root_index, (root, label) in enumerate(zip(roots, sources.root_labels(roots))):
         _check_directory(root)
         root_layout = detect_layout(root) if layout == "auto" else layout
+        if (coco_annotations or images_dir) and root_layout != "coco":
+            raise sources.SourceError(f"{root}: --annotations and --images_dir are for COCO JSON, but this root was "
+                                      f"read as {_FORMAT_NAMES[root_layout]}")
         if root_layout == "voc":
             found = sources.discover_voc(root, root_index, label, splits, result.problems, split_sources)
+        elif root_layout == "coco":
+            found = coco_json.discover_coco(root, root_index, label, splits, result.problems, split_sources,
+                                            test_fraction, split_seed, coco_annotations, images_dir)
         elif root_layout == "yolo":
             found = yolo_text.discover(root, root_index, label, splits, result.problems, split_sources, test_fraction,
                                        split_seed)
@@ -118,8 +132,8 @@ def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=
         result.layouts.append(root_layout)
         how = "detected" if layout == "auto" else "read as --format=" + layout + ":"
         result.statements.append(f"{root}: {how} {found.description}")
-        found_class_names.append((root, found.class_names))
-    result.class_names = _merged_class_names(found_class_names)
+        if found.class_names is not None:
+            result.class_name_lists.append((root, tuple(found.class_names)))
     return result
 
 

@@ -189,6 +189,7 @@ COMMANDS = {
     "anchor_coverage": (lambda: importlib.import_module("nets.anchor_coverage"), "--match_threshold",
                         ["--dataset_dir=x"]),
     "bench_convert": (lambda: _bench("bench_convert"), "--workers", []),
+    "bench_convert_coco": (lambda: _bench("bench_convert_coco"), "--polygon_points", []),
     "bench_distributed": (lambda: _bench("bench_distributed"), "--modes", []),
     "bench_eval": (lambda: _bench("bench_eval"), "--batch_sizes", []),
     "bench_forward": (lambda: _bench("bench_forward"), "--img_size", []),

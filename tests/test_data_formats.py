@@ -34,7 +34,7 @@ def test_auto_detection_states_each_roots_layout(tmp_path):
         f"{voc}: detected Pascal VOC layout (ImageSets/Main split files: trainval 1)",
         f"{folder}: detected labelImg folder (1 XML files, seeded split: trainval 1)",
     ]
-    assert found.class_names is None  # VOC and labelImg take their classes from the data
+    assert found.source_class_names() is None  # VOC and labelImg take their classes from the data
 
 
 def test_a_folder_in_no_known_layout_is_refused_with_the_layouts_understood(tmp_path):

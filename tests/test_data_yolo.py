@@ -219,7 +219,7 @@ def test_flat_images_and_labels_with_classes_txt_split_by_seed(tmp_path, read_sp
     found = formats.discover([str(data.root)], ("train", "test"), test_fraction=0.5, split_seed=1)
     assert found.statements == [f"{data.root}: detected YOLO text (classes.txt: 2 classes; images/ + labels/, "
                                 "seeded split; images: train 3, test 3)"]
-    assert found.class_names == ("dog", "cat")
+    assert found.source_class_names() == ("dog", "cat")
     result = _convert([data.root], tmp_path / "out", ("train", "test"), test_fraction=0.5, split_seed=1)
     again = formats.discover([str(data.root)], ("train", "test"), test_fraction=0.5, split_seed=1)
     assert [i.source_id for i in again.by_split["test"]] == [i.source_id for i in found.by_split["test"]]
@@ -388,4 +388,4 @@ def test_roots_merge_when_their_class_lists_agree(tmp_path, read_split):
     _check_boxes(read_split, tmp_path / "out", ("train",), {**first.expected, **second.expected})
     second.labels("classes.txt", "cat\ndog\n")
     with pytest.raises(sources.SourceError, match="different class lists"):
-        formats.discover([str(first.root), str(second.root)], ("train",))
+        formats.discover([str(first.root), str(second.root)], ("train",)).source_class_names()
