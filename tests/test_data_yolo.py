@@ -389,3 +389,20 @@ def test_roots_merge_when_their_class_lists_agree(tmp_path, read_split):
     second.labels("classes.txt", "cat\ndog\n")
     with pytest.raises(sources.SourceError, match="different class lists"):
         formats.discover([str(first.root), str(second.root)], ("train",)).source_class_names()
+
+
+def test_a_label_map_reconciles_roots_whose_class_lists_differ(tmp_path, read_split):
+    first, second = YoloFolder(tmp_path / "one"), YoloFolder(tmp_path / "two")
+    first.labels("classes.txt", "dog\ncat\n")
+    second.labels("classes.txt", "cat\ndog\n")
+    for folder, line in ((first, "0 0.5 0.5 0.2 0.2"), (second, "0 0.3 0.3 0.2 0.2")):
+        folder.image("images/train/x.jpg")
+        folder.labels("labels/train/x.txt", line + "\n")
+    with pytest.raises(sources.SourceError, match="different class lists"):
+        _convert([first.root, second.root], tmp_path / "refused", ("train",))
+    label_map = tmp_path / "labels.txt"
+    label_map.write_text("1:cat\n2:dog\n")
+    _convert([first.root, second.root], tmp_path / "out", ("train",), label_map_path=str(label_map))
+    labels = {example["source_id"].decode().split("/")[0]: list(example["labels"])
+              for example in read_split(tmp_path / "out", "train")[1]}
+    assert labels == {"one": [2], "two": [1]}  # each root's index 0, by name: dog in one, cat in two
