@@ -18,7 +18,7 @@ from deployment import checkpoint_integrity
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_LINE = re.compile(r"global step (\d+): loss = ")
-KILL_POINTS = 5
+KILL_POINTS = 3  # every kind of moment once, in a seeded order (each restart costs a TensorFlow start-up)
 KINDS = ("step", "checkpoint", "summary")
 WAIT_SECS = 240
 

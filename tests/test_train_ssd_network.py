@@ -79,7 +79,9 @@ def test_each_tower_gets_its_own_batch_and_a_step_runs(two_clone_graph):
 def _train(train_dir, *extra, env_dir):
     command = [sys.executable, os.path.join(REPO_ROOT, "train_ssd_network.py"), f"--train_dir={train_dir}",
                "--image_size=96", "--batch_size=4", "--num_readers=1", "--num_preprocessing_threads=2",
-               "--num_summary_images=2", "--log_every_n_steps=1", "--save_summaries_secs=1",
+               # Summaries at the first step and every 20 s: each costs about a step (histograms of every
+               # variable), and one write shows every tag.
+               "--num_summary_images=2", "--log_every_n_steps=1", "--save_summaries_secs=20",
                # In-run validation has its own tests (test_training_validation.py); these time the rest.
                "--validation_split=", *extra]
     env = dict(os.environ, SSD_TOWERS_CACHE=str(env_dir), TF_CPP_MIN_LOG_LEVEL="2")
