@@ -128,17 +128,11 @@ def looks_like_coco(path):
 def find_coco_files(root):
     """The COCO JSON files of a root: at the root, in annotations/ and in direct subfolders, sorted."""
     candidates = []
-    for folder in [root] + sorted(os.path.join(root, name) for name in _listdir(root)
+    for folder in [root] + sorted(os.path.join(root, name) for name in sources.listdir_or_empty(root)
                                   if os.path.isdir(os.path.join(root, name))):
-        candidates += sorted(os.path.join(folder, name) for name in _listdir(folder) if name.lower().endswith(".json"))
+        candidates += sorted(os.path.join(folder, name) for name in sources.listdir_or_empty(folder)
+                             if name.lower().endswith(".json"))
     return [path for path in candidates if os.path.isfile(path) and looks_like_coco(path)]
-
-
-def _listdir(folder):
-    try:
-        return os.listdir(folder)
-    except OSError:
-        return []
 
 
 # ----------------------------------------------------------------------------- streaming read

@@ -51,7 +51,7 @@ class ImageIndex:
 
     def __init__(self, folder, recursive):
         self.by_stem = {}
-        walker = os.walk(folder) if recursive else [(folder, [], _listdir(folder))]
+        walker = os.walk(folder) if recursive else [(folder, [], listdir_or_empty(folder))]
         for directory, subdirs, names in walker:
             subdirs.sort()
             for name in sorted(names):
@@ -91,7 +91,8 @@ def filename_stem(filename):
     return os.path.splitext(name)[0] if is_image_name(name) else name
 
 
-def _listdir(folder):
+def listdir_or_empty(folder):
+    """The names in ``folder``, or none when it cannot be listed (missing, not a folder, no permission)."""
     try:
         return os.listdir(folder)
     except OSError:

@@ -118,20 +118,25 @@ def _parse_flag(element, tag, field, problems):
     return 0
 
 
+def parse_finite(text, field, problems):
+    """``text`` as a finite float, or None with the reason recorded as (field, message)."""
+    try:
+        value = float(text)
+    except ValueError:
+        problems.append((field, f"not a number: {text!r}"))
+        return None
+    if not math.isfinite(value):
+        problems.append((field, f"not finite: {text!r}"))
+        return None
+    return value
+
+
 def _parse_coordinate(bndbox, tag, field, problems):
     text = _text(bndbox, tag) if bndbox is not None else None
     if text is None:
         problems.append((f"{field}/bndbox/{tag}", "missing"))
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        problems.append((f"{field}/bndbox/{tag}", f"not a number: {text!r}"))
-        return None
-    if not math.isfinite(value):
-        problems.append((f"{field}/bndbox/{tag}", f"not finite: {text!r}"))
-        return None
-    return value
+    return parse_finite(text, f"{field}/bndbox/{tag}", problems)
 
 
 def parse_annotation(data):

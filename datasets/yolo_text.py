@@ -89,13 +89,8 @@ def _class_name(token, field, class_names, problems):
 def _coordinates(tokens, field, problems):
     values = []
     for token in tokens:
-        try:
-            value = float(token)
-        except ValueError:
-            problems.append((f"{field}/bndbox", f"not a number: {token!r}"))
-            return None
-        if not math.isfinite(value):
-            problems.append((f"{field}/bndbox", f"not finite: {token!r}"))
+        value = voc_xml.parse_finite(token, f"{field}/bndbox", problems)
+        if value is None:
             return None
         values.append(value)
     return values

@@ -109,17 +109,18 @@ def _event_tags(train_dir):
 @pytest.mark.slow
 def test_short_training_lowers_the_loss_writes_summaries_and_resumes(tmp_path):
     train_dir = tmp_path / "fine_tuning"
-    result, log = _train(train_dir, "--max_number_of_steps=40", "--augmentation=none", "--optimizer=adam",
+    # 24 steps: the loss falls from ~17 to ~11 by step 12 on this data and only wanders after that.
+    result, log = _train(train_dir, "--max_number_of_steps=24", "--augmentation=none", "--optimizer=adam",
                          "--learning_rate=0.0001", env_dir=tmp_path)
     assert result.returncode == 0, log[-3000:]
     assert "No --dataset_dir: training on the built-in sample dataset" in log
     assert "from scratch" in log.lower()
     losses = _multibox_losses(log)
-    assert sorted(losses) == list(range(1, 41)), log[-3000:]
-    first, last = np.mean([losses[s] for s in range(1, 6)]), np.mean([losses[s] for s in range(36, 41)])
+    assert sorted(losses) == list(range(1, 25)), log[-3000:]
+    first, last = np.mean([losses[s] for s in range(1, 6)]), np.mean([losses[s] for s in range(20, 25)])
     assert last < 0.8 * first, f"loss did not fall clearly: first steps {first:.2f}, last steps {last:.2f}"
 
-    assert tf.train.latest_checkpoint(str(train_dir)).endswith("-40")
+    assert tf.train.latest_checkpoint(str(train_dir)).endswith("-24")
     config = json.loads((train_dir / "training_config.json").read_text())
     assert config["network"]["img_shape"] == [96, 96] and config["dataset"]["num_classes"] == 4
     tags = _event_tags(str(train_dir))
@@ -130,24 +131,24 @@ def test_short_training_lowers_the_loss_writes_summaries_and_resumes(tmp_path):
     assert any(tag.startswith("activations/") for tag in tags) and any(t.startswith("sparsity/") for t in tags)
     assert any(tag.startswith("variables/") for tag in tags)
 
-    result, log = _train(train_dir, "--max_number_of_steps=43", env_dir=tmp_path)
+    result, log = _train(train_dir, "--max_number_of_steps=27", env_dir=tmp_path)
     assert result.returncode == 0, log[-3000:]
     assert "resum" in log.lower()
-    assert sorted(_losses(log)) == [41, 42, 43], "a restarted run continues from the saved global step"
+    assert sorted(_losses(log)) == [25, 26, 27], "a restarted run continues from the saved global step"
 
     # The newest checkpoint cut short (a kill or a full disk during its write): the run resumes from
     # the one before, and the damaged files are kept aside, not deleted.
     latest = tf.train.latest_checkpoint(str(train_dir))
-    assert latest.endswith("-43")
+    assert latest.endswith("-27")
     data_file = latest + ".data-00000-of-00001"
     with open(data_file, "rb") as stream:
         whole = stream.read()
     with open(data_file, "wb") as stream:
         stream.write(whole[: len(whole) // 3])
-    result, log = _train(train_dir, "--max_number_of_steps=42", env_dir=tmp_path)
+    result, log = _train(train_dir, "--max_number_of_steps=26", env_dir=tmp_path)
     assert result.returncode == 0, log[-3000:]
     assert f"Checkpoint {latest} is unreadable" in log and "resuming from" in log, log[-3000:]
-    assert sorted(_losses(log)) == [41, 42], "resumed from step 40"
+    assert sorted(_losses(log)) == [25, 26], "resumed from step 24"
     assert os.path.exists(os.path.join(train_dir, "corrupt_checkpoints", os.path.basename(data_file)))
 
 
