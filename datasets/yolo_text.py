@@ -2,8 +2,10 @@
 and their label files, the class list, and parsing one label file.
 
 Layouts understood, in the order they are looked for in a root:
-- ``data.yaml`` (or ``data.yml``) whose ``train``/``val``/``test`` entries name image folders, relative
-  to its ``path`` entry (itself relative to the yaml when not absolute) or to the yaml's own folder;
+- ``data.yaml`` (or ``data.yml``) whose ``train``/``val``/``test`` entries name image folders or image
+  list files (one image path a line, ``./`` for the list's folder, as Ultralytics' coco.yaml has them;
+  a listed image that is missing is reported), relative to its ``path`` entry (itself relative to the
+  yaml when not absolute) or to the yaml's own folder;
 - ``images/<split>/`` split folders (``images/train``, ``images/val``, ...);
 - ``images/`` without split folders, or no ``images/`` at all (labels beside the images): every image
   under it, split by a seeded shuffle like labelImg folders (``--test_fraction``, ``--split_seed``).
@@ -34,6 +36,7 @@ from datasets import label_map, sources, voc_xml
 
 MAX_LABEL_BYTES = 16 * 1024 * 1024  # a label file is a few hundred bytes; refuse to buffer absurd files
 MAX_CLASS_FILE_BYTES = 16 * 1024 * 1024
+MAX_IMAGE_LIST_BYTES = 256 * 1024 * 1024  # COCO's train2017.txt, 118k paths, is ~5 MB
 CLASS_FILES = ("data.yaml", "data.yml", "classes.txt")
 SPLIT_KEYS = ("train", "val", "test")  # the split entries Ultralytics writes in data.yaml
 IMAGES_SUBFOLDERS = "split folders in images/"
@@ -300,17 +303,42 @@ def _candidates(entry, bases):
 
 
 def _resolve_folders(key, candidates_per_entry, yaml_path):
+    """The image folders, or image list files (Ultralytics' coco.yaml: ``train: train2017.txt``), that
+    data.yaml's entry names."""
     resolved = []
     for candidates in candidates_per_entry:
-        found = next((c for c in candidates if os.path.isdir(c)), None)
+        found = next((c for c in candidates if os.path.isdir(c) or (os.path.isfile(c) and c.lower().endswith(".txt"))),
+                     None)
         if found is None:
-            if any(os.path.isfile(c) for c in candidates):
-                raise sources.SourceError(f"{yaml_path}: '{key}' names an image list file ({candidates[0]}); only "
-                                          "image folders are read, point it at the folder of the images")
-            raise sources.SourceError(f"{yaml_path}: the '{key}' image folder does not exist (looked for "
+            raise sources.SourceError(f"{yaml_path}: the '{key}' image folder or list does not exist (looked for "
                                       f"{' and '.join(dict.fromkeys(candidates))})")
         resolved.append(found)
     return resolved
+
+
+def read_image_list(path, problems):
+    """The image paths an image list file names, one a line. As Ultralytics reads them, a line
+    starting with ./ is relative to the list's folder; other relative lines too (the folder the list
+    lies in, not the working directory, so the list works from anywhere). A named file that does not
+    exist is reported with its line."""
+    text = _read_capped(path, MAX_IMAGE_LIST_BYTES, "an image list", sources.SourceError)
+    folder = os.path.dirname(path)
+    images = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        image = os.path.normpath(os.path.join(folder, entry[2:] if entry.startswith("./") else entry))
+        if not os.path.isfile(image):
+            problems.append(report.Problem(path, f"line {number}", report.SKIPPED_IMAGE, "missing image",
+                                           f"{entry!r}: {image} does not exist"))
+            continue
+        if not sources.is_image_name(image):
+            problems.append(report.Problem(path, f"line {number}", report.SKIPPED_IMAGE, "not an image",
+                                           f"{entry!r} has no image extension ({', '.join(sources.IMAGE_EXTENSIONS)})"))
+            continue
+        images.append(image)
+    return images
 
 
 def _split_folders(root, yaml_data, yaml_path):
@@ -339,17 +367,23 @@ def _image_files(folder):
 
 def _items_of_folder(folder, split, root, root_index, label, class_names, problems):
     """The items of one image folder; reports images without labels and labels without images."""
-    label_folder = _label_folder(folder)
+    items, claimed = _items_of_images(_image_files(folder), split, root, root_index, label, class_names, problems)
+    _report_labels_without_images(_label_folder(folder), claimed, problems)
+    return items
+
+
+def _items_of_images(images, split, root, root_index, label, class_names, problems):
+    """(the items of these images, the label files they claimed); reports images without labels."""
     items, claimed = [], set()
-    for image in _image_files(folder):
-        relative_stem = os.path.splitext(os.path.relpath(image, folder))[0]
-        beside = os.path.splitext(image)[0] + ".txt"
-        mirrored = _mirror(os.path.join(folder, relative_stem + ".txt"))
+    for image in images:
+        stem = os.path.splitext(image)[0]
+        beside = stem + ".txt"
+        mirrored = _mirror(beside)
         candidates = [mirrored, beside] if mirrored else [beside]
         label_path = next((c for c in candidates if os.path.isfile(c)), None)
         source_id = f"{label}/{os.path.splitext(os.path.relpath(image, root))[0].replace(os.sep, '/')}"
         common = dict(split=split, source_id=source_id, root_index=root_index,
-                      id_stem=os.path.basename(relative_stem), image_path=image, class_names=class_names)
+                      id_stem=os.path.basename(stem), image_path=image, class_names=class_names)
         if label_path is None:
             problems.append(report.Problem(image, "labels", report.WARNING, "no label file",
                                            f"no {' or '.join(candidates)}; kept as a background image without "
@@ -359,8 +393,7 @@ def _items_of_folder(folder, split, root, root_index, label, class_names, proble
             continue
         claimed.add(os.path.realpath(label_path))
         items.append(sources.AnnotatedItem(annotation_path=label_path, annotation_format="yolo_text", **common))
-    _report_labels_without_images(label_folder, claimed, problems)
-    return items
+    return items, claimed
 
 
 def _is_label_name(name):
@@ -382,6 +415,21 @@ def _report_labels_without_images(label_folder, claimed, problems):
                                                "folder it mirrors; its boxes are not converted"))
 
 
+def _check_other_class_lists(root, used_file, class_names, problems):
+    """A classes.txt beside the data.yaml that names other classes (an export edited by hand, a labelImg
+    leftover) is reported: data.yaml's list is the one used."""
+    for path in (os.path.join(root, "classes.txt"), os.path.join(root, "labels", "classes.txt")):
+        if not os.path.isfile(path):
+            continue
+        try:
+            other = read_classes_txt(path)
+        except sources.SourceError as error:
+            other = str(error)
+        if other != class_names:
+            problems.append(report.Problem(path, "names", report.WARNING, "class lists differ",
+                                           f"names {other} here, {list(class_names)} in {used_file}, which is used"))
+
+
 def _suggestion(found, splits):
     names = list(found)
     pairs = ",".join(f"{split}={folder}" for split, folder in zip(splits, names))
@@ -396,6 +444,7 @@ def discover(root, root_index, label, splits, problems, split_sources=None, test
     if class_file.endswith((".yaml", ".yml")):
         yaml_data = load_yaml(class_file)
         class_names = names_from_yaml(yaml_data, class_file)
+        _check_other_class_lists(root, class_file, class_names, problems)
     else:
         class_names = read_classes_txt(class_file)
     folders, how, flat = _split_folders(root, yaml_data, class_file)
@@ -425,7 +474,13 @@ def discover(root, root_index, label, splits, problems, split_sources=None, test
                 continue
             for folder in _resolve_folders(source, folders[source], class_file):
                 used.setdefault(split, []).append(os.path.relpath(folder, root).replace(os.sep, "/"))
-                by_split[split].extend(_items_of_folder(folder, split, root, root_index, label, class_names, problems))
+                if os.path.isfile(folder):  # an image list: its images only, so other labels are no strays
+                    images = read_image_list(folder, problems)
+                    by_split[split].extend(_items_of_images(images, split, root, root_index, label, class_names,
+                                                            problems)[0])
+                else:
+                    by_split[split].extend(_items_of_folder(folder, split, root, root_index, label, class_names,
+                                                            problems))
         if how == IMAGES_SUBFOLDERS:
             stray = [entry.path for entry in _scandir(os.path.join(root, "images"))
                      if entry.is_file() and sources.is_image_name(entry.name)]

@@ -284,7 +284,7 @@ def _missing_yaml_folder(root):
     (_unmatched_split_folders, ("trainval", "test"),
      r"split folders train, val .* none named by the splits \['trainval', 'test'\]; pass --splits=train,val or "
      r"--splits=trainval=train,test=val"),
-    (_missing_yaml_folder, ("train",), r"data.yaml: the 'train' image folder does not exist"),
+    (_missing_yaml_folder, ("train",), r"data.yaml: the 'train' image folder or list does not exist"),
 ])
 def test_unusable_roots_are_refused_with_the_file_and_the_fix(tmp_path, build, splits, expected):
     build(tmp_path / "ds")
@@ -406,3 +406,28 @@ def test_a_label_map_reconciles_roots_whose_class_lists_differ(tmp_path, read_sp
     labels = {example["source_id"].decode().split("/")[0]: list(example["labels"])
               for example in read_split(tmp_path / "out", "train")[1]}
     assert labels == {"one": [2], "two": [1]}  # each root's index 0, by name: dog in one, cat in two
+
+
+def test_data_yaml_may_name_image_list_files_as_ultralytics_coco_yaml_does(tmp_path, read_split):
+    """`train: train2017.txt` lists images (./ is the list's folder); only listed images are read, a
+    listed image that is missing is reported with its line, and a disagreeing classes.txt is reported."""
+    data = YoloFolder(tmp_path / "coco")
+    _write_text(data.root / "data.yaml", "path: .\ntrain: train2017.txt\nval: val2017.txt\nnames: [dog, cat]\n")
+    for name, line in (("a", "0 0.5 0.5 0.2 0.2"), ("b", "1 0.3 0.6 0.2 0.4"), ("unlisted", "0 0.5 0.5 0.1 0.1")):
+        data.image(f"images/train2017/{name}.jpg")
+        data.labels(f"labels/train2017/{name}.txt", line + "\n")
+    data.image("images/val2017/c.jpg")
+    data.labels("labels/val2017/c.txt", "1 0.5 0.5 0.4 0.4\n")
+    _write_text(data.root / "train2017.txt", "./images/train2017/a.jpg\n./images/train2017/b.jpg\n"
+                                             "./images/train2017/gone.jpg\n")
+    _write_text(data.root / "val2017.txt", "images/val2017/c.jpg\n")
+    _write_text(data.root / "classes.txt", "cat\ndog\n")
+    data.expect("images/train2017/a.jpg", [(1, (0.5, 0.5, 0.2, 0.2))])
+    data.expect("images/train2017/b.jpg", [(2, (0.3, 0.6, 0.2, 0.4))])
+    data.expect("images/val2017/c.jpg", [(2, (0.5, 0.5, 0.4, 0.4))])
+    result = _convert([data.root], tmp_path / "out", ("train", "val"))
+    _check_boxes(read_split, tmp_path / "out", ("train", "val"), data.expected)
+    problems = {(p.file, p.field, p.reason) for p in result.problems}
+    assert (str(data.root / "train2017.txt"), "line 3", "missing image") in problems
+    assert (str(data.root / "classes.txt"), "names", "class lists differ") in problems
+    assert not any("unlisted" in p.file for p in result.problems), "an unlisted image's label is not a stray"
