@@ -186,6 +186,8 @@ COMMANDS = {
     "convert_keras_vgg16": (lambda: importlib.import_module("checkpoints.convert_keras_vgg16"), "--keras_weights",
                             ["--keras_weights=x"]),
     "shard_check": (lambda: importlib.import_module("datasets.shard_check"), "--dataset_dir", ["--dataset_dir=x"]),
+    "browse": (lambda: importlib.import_module("datasets.browse"), "--augmented",
+               ["--dataset_dir=x", "--split=s", "--output_dir=o"]),
     "anchor_coverage": (lambda: importlib.import_module("nets.anchor_coverage"), "--match_threshold",
                         ["--dataset_dir=x"]),
     "bench_convert": (lambda: _bench("bench_convert"), "--workers", []),
