@@ -100,3 +100,52 @@ def test_bccd_round_trips_and_drops_its_two_degenerate_boxes(bccd_dir, tmp_path,
         assert filename.startswith("BCCD/JPEGImages/")
         original = open(os.path.join(bccd_dir, filename.split("/", 1)[1]), "rb").read()
         assert features["image/encoded"].bytes_list.value[0] == original
+
+
+def _bccd_as_yolo(bccd_dir, root, image_ids, class_names):
+    """BCCD's VOC annotations of ``image_ids`` as a YOLO dataset: images/ + labels/, classes.txt."""
+    from datasets import voc_xml
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.txt").write_text("\n".join(class_names) + "\n")
+    for image_id in image_ids:
+        annotation = voc_xml.read_annotation(os.path.join(bccd_dir, "Annotations", f"{image_id}.xml"))
+        image_path = os.path.join(bccd_dir, "JPEGImages", f"{image_id}.jpg")
+        width, height = Image.open(image_path).size
+        lines = [f"{class_names.index(obj.name)} {(obj.xmin + obj.xmax) / 2 / width!r} "
+                 f"{(obj.ymin + obj.ymax) / 2 / height!r} {(obj.xmax - obj.xmin) / width!r} "
+                 f"{(obj.ymax - obj.ymin) / height!r}" for obj in annotation.objects]
+        os.link(image_path, root / "images" / f"{image_id}.jpg")
+        (root / "labels" / f"{image_id}.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.shared_data
+def test_bccd_gives_the_same_boxes_from_voc_coco_json_and_yolo_text(bccd_dir, tmp_path, read_split):
+    """Real data through the three readers: BCCD's test split written as COCO JSON and as YOLO text
+    converts to the same images, labels and boxes (1e-6) as the VOC original, degenerate boxes dropped."""
+    from test_data_coco import voc_as_coco
+
+    with open(os.path.join(bccd_dir, "ImageSets", "Main", "test.txt")) as f:
+        ids = f.read().split()
+    class_names = ["Platelets", "RBC", "WBC"]
+    voc_as_coco(str(bccd_dir), tmp_path / "coco" / "images", tmp_path / "coco" / "bccd.json", ids,
+                {name: 3 * index + 2 for index, name in enumerate(class_names)})
+    _bccd_as_yolo(str(bccd_dir), tmp_path / "yolo", ids, class_names)
+    by_format = {}
+    for layout, root in (("voc", bccd_dir), ("coco", tmp_path / "coco"), ("yolo", tmp_path / "yolo")):
+        converter.convert([str(root)], str(tmp_path / f"out_{layout}"), "bccd",
+                          converter.ConversionOptions(splits=("test",), test_fraction=0.0, num_workers=2), quiet=True)
+        _, examples = read_split(tmp_path / f"out_{layout}", "test")
+        by_format[layout] = {example["source_id"].decode().rsplit("/", 1)[-1]: example for example in examples}
+    voc = by_format.pop("voc")
+    assert len(voc) == len(ids) == 72
+    for layout, examples in by_format.items():
+        # COCO's source id ends with the COCO image id; key its records by the image file name instead.
+        if layout == "coco":
+            examples = {os.path.splitext(os.path.basename(e["filename"].decode()))[0]: e for e in examples.values()}
+        assert sorted(examples) == sorted(voc), layout
+        for image_id, expected in voc.items():
+            got = examples[image_id]
+            np.testing.assert_array_equal(got["labels"], expected["labels"], err_msg=f"{layout} {image_id}")
+            np.testing.assert_allclose(got["boxes"], expected["boxes"], atol=1e-6, err_msg=f"{layout} {image_id}")
