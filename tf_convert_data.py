@@ -5,7 +5,7 @@
         --output_dir=data/voc0712 --output_name=pascalvoc_0712 --splits=trainval
     python tf_convert_data.py --dataset_dir=my_labelimg_folder --output_dir=data/mine --test_fraction=0.2
     python tf_convert_data.py --dataset_dir=my_yolo_dataset --output_dir=data/yolo --splits=trainval=train,test=val
-    python tf_convert_data.py --dataset_dir=coco2017 --output_dir=data/coco \
+    python tf_convert_data.py --dataset_dir=coco2017 --output_dir=data/coco \\
         --splits=trainval=instances_train2017.json,test=instances_val2017.json
     python tf_convert_data.py --annotations=instances.json --images_dir=photos --output_dir=data/mine
 
@@ -83,14 +83,16 @@ def define_flags(flag_values):
     flags.register_validator("splits", _splits_are_valid,
                              message="--splits: give at least one split name, as name or name=source", **fv)
     flags.DEFINE_string("label_map", None,
-                        "labels.txt (`id:name` or one name per line) fixing class names and ids; default: the "
-                        "dataset's own class list (YOLO classes.txt / data.yaml, ids 1..K in index order), else the "
-                        "class names found in the data, sorted, ids from 1", **fv)
+                        "labels.txt (`id:name` or one name per line) fixing class names and ids (COCO categories and "
+                        "YOLO names are matched by name); default: the dataset's own class list (COCO categories in "
+                        "category-id order, YOLO classes.txt / data.yaml in index order, ids 1..K), else the class "
+                        "names found in the data, sorted, ids from 1", **fv)
     flags.DEFINE_enum("unknown_class", "skip", converter.UNKNOWN_CLASS_POLICIES,
                       "objects whose class is not in --label_map: skip them (reported) or stop with an error before "
                       "writing; default skip", **fv)
     flags.DEFINE_float("test_fraction", 0.2,
-                       "folders without split files: share of images put in the last split; default 0.2", **fv)
+                       "sources without split files or folders (labelImg folders, one COCO file, YOLO without "
+                       "split folders): share of images put in the last split; default 0.2", **fv)
     flags.DEFINE_integer("split_seed", 0, "seed of that split; default 0", **fv)
     flags.DEFINE_integer("shuffle_seed", 0, "seed of the order of images across shards", **fv)
     flags.DEFINE_integer("num_shards", 0,
