@@ -18,6 +18,8 @@ boxes in pixels of the original image, continuous (``width = xmax - xmin``), as
 Scoring the file against the original JSON with pycocotools (``COCO.loadRes``, ``COCOeval``,
 maxDets 1, 10, 100) gives the COCO numbers the evaluator reports, when the split holds all the
 JSON's images (else restrict ``COCOeval.params.imgIds`` to the split's) and every category is a class.
+The file keeps up to --keep_top_k detections per image, as the VOC metrics use them; COCOeval keeps
+the best 100 per image and category, in the evaluator and in the user's run alike.
 """
 
 import json
@@ -57,7 +59,8 @@ def detections_path_problem(path):
         return None
     folder = os.path.dirname(path) or "."
     if STEP_PLACEHOLDER not in path and tf.io.gfile.isdir(path):
-        return f"--detections_file {path} is a directory; give a file path (e.g. {os.path.join(path, 'detections.json')})"
+        example = os.path.join(path, "detections.json")
+        return f"--detections_file {path} is a directory; give a file path (e.g. {example})"
     if not tf.io.gfile.isdir(folder):
         what = "is not a directory" if tf.io.gfile.exists(folder) else "does not exist"
         return f"--detections_file {path}: its folder {folder} {what}"
