@@ -5,6 +5,9 @@ so any of them is opened with `get_dataset(name, split, dataset_dir)` without a 
 module. The names SSD-Tensorflow users know (`pascalvoc_2007`, `pascalvoc_2012`,
 `pascalvoc_0712`) are the output names to give the converter for those datasets; for them the
 description must also list the 20 VOC classes, so that class ids match SSD-Tensorflow's.
+
+A dataset converted from COCO JSON also records ``coco_category_ids`` ({"<class id>": <COCO category
+id>}); `DatasetSpec.coco_category_ids` holds it, None for other datasets and older descriptions.
 """
 
 import dataclasses
