@@ -5,7 +5,7 @@
         --output_dir=data/voc0712 --output_name=pascalvoc_0712 --splits=trainval
     python tf_convert_data.py --dataset_dir=my_labelimg_folder --output_dir=data/mine --test_fraction=0.2
     python tf_convert_data.py --dataset_dir=my_yolo_dataset --output_dir=data/yolo --splits=trainval=train,test=val
-    python tf_convert_data.py --dataset_dir=coco2017 --output_dir=data/coco \
+    python tf_convert_data.py --dataset_dir=coco2017 --output_dir=data/coco \\
         --splits=trainval=instances_train2017.json,test=instances_val2017.json
     python tf_convert_data.py --annotations=instances.json --images_dir=photos --output_dir=data/mine
 
