@@ -18,6 +18,17 @@ Results: the per-class table on stdout; TensorBoard summaries (per-class AP, mAP
 numbers, PR curves) in ``--eval_dir`` (default ``<train_dir>/eval_<split>``, next to the
 training events); one JSON line per checkpoint appended to ``<eval_dir>/metrics.jsonl``;
 with ``--keep_best`` a copy of the best checkpoint so far in ``<eval_dir>/best/``.
+
+With ``--detections_file=PATH`` the detections the metrics scored are also written as a COCO results
+file (a JSON list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``, boxes in original
+image pixels), to check the numbers with your own pycocotools or submit them to a COCO server
+(:mod:`evaluation.coco_results`). For a split converted from COCO JSON, ``image_id`` and
+``category_id`` are the JSON's own ids; otherwise ``image_id`` is the record's source_id string (not
+loadable by pycocotools, which needs integers, but a per-image dump) and ``category_id`` our class
+id. ``{step}`` in PATH is replaced by the checkpoint's global step, so a follower
+(``--wait_for_checkpoints``) keeps one file per checkpoint; without it the file holds the last
+evaluation. A PATH in a folder that does not exist, or naming a directory, is refused (exit 2)
+before anything is evaluated.
 """
 
 import sys
@@ -69,6 +80,15 @@ def define_flags(flag_values):
                       "devkit: the VOC devkit's pixel-inclusive IoU and areas (a box is xmax - xmin + 1 pixels "
                       "wide), comparable with published VOC numbers; continuous: xmax - xmin.", **fv)
     flags.DEFINE_bool("no_coco", False, "Skip the COCO metrics (pycocotools).", **fv)
+    flags.DEFINE_string("detections_file", None,
+                        "Also write every scored detection as a COCO results JSON list [{image_id, category_id, "
+                        "bbox: [x, y, w, h] in original pixels, score}] to this path (written aside, then renamed). "
+                        "image_id: the COCO image id for records converted from COCO JSON, else the record's "
+                        "source_id string (pycocotools needs integer ids: meant for COCO-sourced splits); "
+                        "category_id: the original COCO category id when dataset_info.json records it, else our "
+                        "class id. '{step}' in the path becomes the checkpoint's global step (one file per "
+                        "checkpoint with --wait_for_checkpoints); without it each evaluation overwrites the file.",
+                        **fv)
     flags.DEFINE_bool("no_moving_averages", False, "Use the raw weights even when the EMA is stored.", **fv)
     flags.DEFINE_bool("keep_best", False, "Copy the best checkpoint so far into <eval_dir>/best/.", **fv)
     flags.DEFINE_enum("best_metric", "voc07_map", evaluator.BEST_METRICS, "What --keep_best compares.", **fv)

@@ -10,7 +10,9 @@
     python tf_convert_data.py --annotations=instances.json --images_dir=photos --output_dir=data/mine
 
 Writes OUT/<name>_<split>-NNNNN-of-NNNNN.tfrecord, OUT/labels.txt, OUT/dataset_info.json and
-OUT/conversion_report.{txt,json}. Exit status: 0 when images were written, 1 when none were
+OUT/conversion_report.{txt,json}. For COCO JSON input, dataset_info.json also maps each class id to
+its COCO category id (coco_category_ids), so that eval_ssd_network.py --detections_file can write
+detections with COCO's own ids. Exit status: 0 when images were written, 1 when none were
 (or, with --strict, when any image or object was skipped), 2 for unusable arguments.
 """
 

@@ -13,7 +13,9 @@ Meaning of the fields:
 - ``iscrowd=1`` boxes become the ignored ("difficult") boxes, as pycocotools treats them.
 - Category ids may be sparse (COCO's 1..90): the class list (``labels.txt``) is the categories' names
   (normalised like every class name) in category-id order, ids dense 1..K; ``--label_map`` instead
-  matches the names. Two categories with the same name, or an empty name, stop with an error.
+  matches the names. Two categories with the same name, or an empty name, stop with an error. The
+  converter records each class's category id in ``dataset_info.json`` (``coco_category_ids``), so that
+  detections can be written back with COCO's ids (``eval_ssd_network.py --detections_file``).
 - Images without annotations are kept. COCO has no "truncated": it is always 0.
 - ``source_id`` is ``<root label>/<JSON path relative to the root, without .json>/<image id>`` (the
   file's stem when it lies outside the root), e.g. ``coco/annotations/instances_val2017/139``, so
@@ -459,7 +461,7 @@ def _assign_files(root, files, splits, split_sources, explicit):
 
 
 def _merge_categories(read_files):
-    """The category names of all the root's files in category-id order; the files must agree on shared ids."""
+    """({category id: name} of all the root's files in category-id order); the files must agree on shared ids."""
     merged, origin = {}, {}
     for coco in read_files:
         for category_id, name in coco.categories.items():
@@ -468,12 +470,13 @@ def _merge_categories(read_files):
                                           f"{origin[category_id]} but {name!r} in {coco.path}; the files must share "
                                           "one category list")
             merged[category_id], origin[category_id] = name, coco.path
-    names = list(dict(sorted(merged.items())).values())
+    merged = dict(sorted(merged.items()))
+    names = list(merged.values())
     if len(set(names)) != len(names):
         duplicated = sorted({name for name in names if names.count(name) > 1})
         raise sources.SourceError(f"the COCO files {', '.join(c.path for c in read_files)} give the class names "
                                   f"{duplicated} different category ids; the files must share one category list")
-    return tuple(names)
+    return merged
 
 
 def _items(coco, root, root_index, label, split):
@@ -513,7 +516,7 @@ def discover_coco(root, root_index, label, splits, problems, split_sources=None,
     for path in dict.fromkeys(path for path in assigned.values() if path is not None) or files[:1]:
         folder = os.path.abspath(images_dir) if images_dir else choose_image_folder(root, path)
         read[path] = read_coco_file(path, folder, problems)
-    class_names = _merge_categories(list(read.values()))
+    categories = _merge_categories(list(read.values()))
     by_split = {split: [] for split in splits}
     if all(path is None for path in assigned.values()):
         [coco] = read.values()
@@ -529,7 +532,8 @@ def discover_coco(root, root_index, label, splits, problems, split_sources=None,
             else:
                 by_split[split] = items_of_file[path] = _items(read[path], root, root_index, label, split)
             described.append(_describe(read[path], root, f"-> {split}"))
-    return sources.RootItems(by_split, None, "COCO JSON: " + "; ".join(described), class_names)
+    return sources.RootItems(by_split, None, "COCO JSON: " + "; ".join(described), tuple(categories.values()),
+                             {name: category_id for category_id, name in categories.items()})
 
 
 def _describe(coco, root, how):

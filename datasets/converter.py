@@ -27,7 +27,7 @@ from absl import logging
 
 from datasets import conversion_report as report
 from datasets import formats, image_checks, label_map, sources, tfrecord_schema, voc_xml, yolo_text
-from datasets.dataset_factory import DATASET_INFO
+from datasets.dataset_factory import COCO_CATEGORY_IDS, DATASET_INFO
 
 IMAGES_PER_SHARD = 1024
 PROGRESS_EVERY_S = 5.0
@@ -462,6 +462,11 @@ def convert(dataset_dirs, output_dir, output_name="dataset", options=ConversionO
             "dropped_objects": sum(1 for p in problems if p.action == report.DROPPED_OBJECT),
             "report_file": report.REPORT_JSON,
         }
+        category_ids = found.coco_category_ids(names_by_id)
+        if category_ids is not None:
+            # Lets the evaluator write detections with the source's own category ids (--detections_file).
+            info[COCO_CATEGORY_IDS] = {str(class_id): category_id
+                                                       for class_id, category_id in category_ids.items()}
         _publish(temp_dir, output_dir, output_name, info, names_by_id, problems)
     finally:
         if pool is not None:

@@ -5,6 +5,9 @@ so any of them is opened with `get_dataset(name, split, dataset_dir)` without a 
 module. The names SSD-Tensorflow users know (`pascalvoc_2007`, `pascalvoc_2012`,
 `pascalvoc_0712`) are the output names to give the converter for those datasets; for them the
 description must also list the 20 VOC classes, so that class ids match SSD-Tensorflow's.
+
+A dataset converted from COCO JSON also records ``coco_category_ids`` ({"<class id>": <COCO category
+id>}); `DatasetSpec.coco_category_ids` holds it, None for other datasets and older descriptions.
 """
 
 import dataclasses
@@ -17,6 +20,8 @@ from absl import logging
 from datasets import label_map, shard_check, tfrecord_schema
 
 DATASET_INFO = "dataset_info.json"
+# dataset_info.json key: {"<class id>": <COCO category id>}, written only for datasets converted from COCO JSON.
+COCO_CATEGORY_IDS = "coco_category_ids"
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -47,6 +52,7 @@ class DatasetSpec:
     num_classes: int  # object classes + 1 (background)
     labels_to_names: dict  # {0: 'none', 1: ..., ...}
     info: dict  # the parsed dataset_info.json
+    coco_category_ids: dict | None = None  # {class id: COCO category id} for a dataset converted from COCO JSON
 
 
 def read_dataset_info(dataset_dir):
@@ -61,6 +67,23 @@ def read_dataset_info(dataset_dir):
             return json.loads(f.read())
     except (OSError, ValueError, tf.errors.OpError) as err:
         raise DatasetError(f"{path}: cannot read the dataset description ({err})") from None
+
+
+def coco_category_ids_of(info, dataset_dir):
+    """``info``'s {class id: COCO category id} (ints), or None when it has none (VOC, YOLO, and descriptions
+    written before the key existed); raises DatasetError naming the file when the key is malformed."""
+    recorded = info.get(COCO_CATEGORY_IDS)
+    if recorded is None:
+        return None
+    try:
+        mapping = {int(class_id): category_id for class_id, category_id in recorded.items()}
+        usable = all(isinstance(v, int) and not isinstance(v, bool) for v in mapping.values())
+    except (AttributeError, TypeError, ValueError):
+        usable = False
+    if not usable:
+        raise DatasetError(f"{os.path.join(dataset_dir, DATASET_INFO)}: '{COCO_CATEGORY_IDS}' must map class ids "
+                           f"to integer COCO category ids, got {recorded!r}")
+    return dict(sorted(mapping.items()))
 
 
 def get_dataset(name, split_name, dataset_dir):
@@ -99,6 +122,7 @@ def get_dataset(name, split_name, dataset_dir):
         num_classes=int(info["num_classes"]),
         labels_to_names=dict(sorted(classes.items())),
         info=info,
+        coco_category_ids=coco_category_ids_of(info, dataset_dir),
     )
 
 

@@ -40,6 +40,25 @@ class Discovery:
     problems: list  # report.Problem found while discovering
     statements: list  # per root: one line saying what was found and how it was detected
     class_name_lists: list  # (root, its own class list in id order) for roots that define one (COCO, YOLO)
+    category_id_maps: list = dataclasses.field(default_factory=list)  # (root, {class name: COCO category id})
+
+    def coco_category_ids(self, names_by_id):
+        """{class id: COCO category id} for ``names_by_id`` ({class id: name}) when every root is COCO JSON and
+        every class is a category with the same id in all of them (a one-to-one match); else None (the
+        evaluator then reports our class ids)."""
+        if not self.layouts or any(layout != "coco" for layout in self.layouts):
+            return None
+        if len(self.category_id_maps) != len(self.layouts):
+            return None
+        mapping = {}
+        for class_id, name in names_by_id.items():
+            ids = {category_ids.get(name) for _root, category_ids in self.category_id_maps}
+            if len(ids) != 1 or None in ids:
+                return None
+            mapping[class_id] = ids.pop()
+        if len(set(mapping.values())) != len(mapping):
+            return None
+        return dict(sorted(mapping.items()))
 
     def source_class_names(self):
         """The class list the roots agree on, or None when no root defines one (VOC and labelImg take
@@ -134,6 +153,8 @@ def discover(dataset_dirs, splits, layout="auto", test_fraction=0.2, split_seed=
         result.statements.append(f"{root}: {how} {found.description}")
         if found.class_names is not None:
             result.class_name_lists.append((root, tuple(found.class_names)))
+        if found.category_ids is not None:
+            result.category_id_maps.append((root, dict(found.category_ids)))
     return result
 
 

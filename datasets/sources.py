@@ -168,6 +168,7 @@ class RootItems:
     index: ImageIndex | None  # finds images by the annotation's name; None when every item names its image
     description: str  # one line for the log: what was found ('Pascal VOC layout: trainval 412, test 88')
     class_names: tuple | None = None  # the source's own class list in id order (COCO categories, YOLO names)
+    category_ids: dict | None = None  # COCO only: {class name: the JSON's category id}
 
 
 def discover_voc(root, root_index, label, splits, problems, split_sources=None):

@@ -11,7 +11,8 @@ original image pixels and matched to the ground truth per class on the host (:fu
 :func:`compute_results` adds the COCO numbers. :func:`write_results` writes the TensorBoard
 summaries and appends the ``metrics.jsonl`` line; :func:`keep_if_best` copies a checkpoint into
 ``best/`` when it beats the best so far (:func:`write_best_record` writes ``best.json``);
-:func:`write_pictures` draws the first images' detections beside their ground truth for TensorBoard.
+:func:`write_pictures` draws the first images' detections beside their ground truth for TensorBoard;
+:meth:`Evaluation.write_detections` writes the detections as a COCO results file (:mod:`evaluation.coco_results`).
 """
 
 import json
@@ -26,7 +27,7 @@ import tensorflow as tf
 import command_line
 from datasets import dataset_factory, sample_data
 from deployment import checkpoint_integrity, devices
-from evaluation import detection_metrics, progress as progress_lib, ssd_eval, summaries
+from evaluation import coco_results, detection_metrics, progress as progress_lib, ssd_eval, summaries
 from preprocessing import ssd_vgg_preprocessing
 from tf_compat import tf1
 
@@ -50,7 +51,13 @@ OPTION_RULES = {
 
 def validate_options(opts):
     """Raises command_line.UsageError naming every flag with a value evaluation cannot use."""
-    command_line.check_options(opts, OPTION_RULES, [command_line.image_size_problem(opts.image_size)])
+    command_line.check_options(opts, OPTION_RULES, [command_line.image_size_problem(opts.image_size),
+                                                     coco_results.detections_path_problem(detections_file_of(opts))])
+
+
+def detections_file_of(opts):
+    """The --detections_file (None for callers whose options have none, e.g. a training run's validation)."""
+    return getattr(opts, "detections_file", None)
 
 
 def resolve_dataset_dir(opts, source):
@@ -135,8 +142,9 @@ def _image_id(filename, source_id, index, seen):
     return name
 
 
-def add_batch(evaluator, values, seen, first_index):
-    """Adds one fetched batch to the evaluator (ground truth scaled from relative to pixels)."""
+def add_batch(evaluator, values, seen, first_index, source_ids=None):
+    """Adds one fetched batch to the evaluator (ground truth scaled from relative to pixels); appends each
+    image's source_id to ``source_ids`` (a list, if given) in the order the images were added."""
     detections = values["detections"]
     count = len(values["num_objects"])
     for i in range(count):
@@ -155,12 +163,15 @@ def add_batch(evaluator, values, seen, first_index):
             image_height=height,
             image_width=width,
         )
+        if source_ids is not None:
+            source_ids.append(values["source_id"][i])
     return count
 
 
-def run_pass(session, fetches, evaluator, progress, on_batch=None):
+def run_pass(session, fetches, evaluator, progress, on_batch=None, source_ids=None):
     """Runs ``fetches`` until the (initialised) input is exhausted, adding each batch to ``evaluator``;
-    ``on_batch(values)`` sees every fetched batch too. Returns the number of images."""
+    ``on_batch(values)`` sees every fetched batch too; ``source_ids`` (a list) gets the images' source_ids.
+    Returns the number of images."""
     seen = set()
     while True:
         try:
@@ -169,7 +180,7 @@ def run_pass(session, fetches, evaluator, progress, on_batch=None):
             break
         if on_batch is not None:
             on_batch(values)
-        progress.update(add_batch(evaluator, values, seen, progress.done))
+        progress.update(add_batch(evaluator, values, seen, progress.done, source_ids))
     progress.finish()
     return progress.done
 
@@ -344,6 +355,8 @@ class Evaluation:
             self.iterator, self.fetches = build_eval_graph(self.net, self.spec, opts)
         self.num_images = min(self.spec.num_samples, opts.max_num_images or self.spec.num_samples)
         self.first_images = FirstImages(0)  # of the last run, for the pictures
+        self.coco_roots = coco_results.coco_root_labels(self.spec.info)
+        self.last_evaluator, self.last_source_ids = None, []  # of the last run, for --detections_file
         self._original_images = None
 
     def run(self, checkpoint_prefix):
@@ -363,11 +376,21 @@ class Evaluation:
                      "EMA" if used_ema else "raw", self.spec.name, self.spec.split_name, self.num_images)
         progress = progress_lib.Progress("eval", self.num_images, opts.progress_every_secs)
         self.first_images = FirstImages(opts.num_visualized_images)
+        self.last_evaluator, self.last_source_ids = evaluator, []
         with tf1.Session(graph=self.graph, config=config) as session:
             saver.restore(session, checkpoint_prefix)
             session.run(self.iterator.initializer)
-            run_pass(session, self.fetches, evaluator, progress, self.first_images.add_batch)
+            run_pass(session, self.fetches, evaluator, progress, self.first_images.add_batch, self.last_source_ids)
         return (*compute_results(evaluator, not opts.no_coco), used_ema)
+
+    def write_detections(self, path):
+        """The last run's detections as a COCO results file at ``path`` (:mod:`evaluation.coco_results`);
+        returns how many were written."""
+        detections = coco_results.results_of(self.last_evaluator, self.last_source_ids, self.coco_roots,
+                                             self.spec.coco_category_ids)
+        coco_results.write_results(path, detections)
+        logging.info("Wrote %d detections of %d images to %s", len(detections), len(self.last_source_ids), path)
+        return len(detections)
 
     def original_images(self):
         """The original pixels of the pictured images (read once: the split does not change)."""
@@ -388,6 +411,8 @@ def evaluate_checkpoint(evaluation, checkpoint_prefix, eval_dir, writer, opts, t
     print(summaries.format_table(result, coco), file=out)
     out.flush()
     record = write_results(eval_dir, writer, global_step, result, coco, checkpoint_prefix, used_ema)
+    if detections_file_of(opts):
+        evaluation.write_detections(coco_results.path_for_step(detections_file_of(opts), global_step))
     write_pictures(writer, global_step, evaluation.original_images(), evaluation.first_images, evaluation.labels)
     if opts.keep_best:
         keep_if_best(eval_dir, checkpoint_prefix, record, opts.best_metric, train_dir)

@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_convert_data
 from datasets import coco_json
 from datasets import conversion_report as report
-from datasets import converter, formats, sample_data, sources, voc_xml
+from datasets import converter, dataset_factory, formats, sample_data, sources, voc_xml
 from evaluation import coco_metrics, detection_metrics
 
 from test_data_convert import _image, _save
@@ -119,6 +119,9 @@ def test_every_good_box_is_read_back_with_dense_labels_in_category_id_order(mess
     np.testing.assert_allclose(by_id["shop/instances/12"]["boxes"], [_relative((10, 10, 20, 20))], atol=1e-6)
     np.testing.assert_allclose(by_id["shop/instances/17"]["boxes"], [(0.8, 0.9, 1.0, 1.0)], atol=1e-6)
     assert result.info["splits"]["all"]["images_without_objects"] == 1
+    # Each dense class id keeps its COCO category id, for detections written back in COCO's ids.
+    assert result.info["coco_category_ids"] == {"1": 3, "2": 17, "3": 90}
+    assert spec.coco_category_ids == {1: 3, 2: 17, 3: 90}
 
 
 def test_each_bad_case_is_reported_with_its_file_and_field(messy):
@@ -193,6 +196,43 @@ def test_a_label_map_matches_categories_by_name_and_drops_the_others(messy, tmp_
     np.testing.assert_allclose(a["boxes"], [_relative(b) for b, _, _ in GOOD_A[:2]], atol=1e-6)
     [unknown] = [p for p in result.problems if p.reason == "unknown class"]
     assert (unknown.field, unknown.action) == ("annotations[2]/name", report.DROPPED_OBJECT)
+    assert spec.coco_category_ids == {1: 90, 2: 3}  # matched by name, in the label map's order
+
+
+def test_category_ids_are_recorded_only_when_every_class_is_a_coco_category(messy, tmp_path):
+    root, _ = messy
+    labels = tmp_path / "labels.txt"
+    labels.write_text("zebra\nhorse\n")  # horse is no category of the file
+    result = converter.convert([str(root)], str(tmp_path / "out"), "messy", converter.ConversionOptions(
+        splits=("all",), label_map_path=str(labels), unknown_class="skip"))
+    assert "coco_category_ids" not in result.info
+
+
+def test_category_ids_need_coco_roots_agreeing_on_each_class():
+    def discovery(layouts, maps):
+        return formats.Discovery({}, [f"/r{i}" for i in range(len(layouts))], [], list(layouts), [], [], [],
+                                 [(f"/r{i}", m) for i, m in enumerate(maps)])
+
+    names = {1: "cat", 2: "dog"}
+    two_files = [{"cat": 3, "dog": 17}, {"dog": 17, "cat": 3, "cow": 21}]
+    assert discovery(["coco", "coco"], two_files).coco_category_ids(names) == {1: 3, 2: 17}
+    assert discovery(["coco", "voc"], two_files[:1]).coco_category_ids(names) is None  # VOC classes have no ids
+    assert discovery(["coco", "coco"], [{"cat": 3, "dog": 17}, {"cat": 4, "dog": 17}]).coco_category_ids(names) is None
+    assert discovery(["coco"], [{"cat": 3}]).coco_category_ids(names) is None  # dog is no category
+
+
+def test_dataset_info_without_category_ids_still_reads_and_a_bad_mapping_is_named(messy, tmp_path):
+    _, result = messy
+    copy = tmp_path / "copy"
+    shutil.copytree(result.output_dir, copy)
+    info = json.loads((copy / "dataset_info.json").read_text())
+    del info["coco_category_ids"]  # as written before the key existed
+    (copy / "dataset_info.json").write_text(json.dumps(info))
+    assert dataset_factory.get_dataset(None, "all", str(copy)).coco_category_ids is None
+    info["coco_category_ids"] = {"1": "cat"}
+    (copy / "dataset_info.json").write_text(json.dumps(info))
+    with pytest.raises(dataset_factory.DatasetError, match="dataset_info.json: 'coco_category_ids' must map"):
+        dataset_factory.get_dataset(None, "all", str(copy))
 
 
 # ----------------------------------------------------------------------------- VOC and COCO, same records
