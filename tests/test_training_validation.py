@@ -183,6 +183,35 @@ def test_a_run_at_learning_rate_0_stops_early_and_ends_with_the_best_weights(sam
     assert (best["global_step"], best["metric"]) == (5, "voc_area_map")
     assert tf.train.latest_checkpoint(str(train_dir)).endswith("-15")
 
+    # Resumed with more steps, the run's patience goes on from the stopped run's count (2 validations
+    # without an improvement): the next validation, at step 20, stops it (a fresh count would go to 25).
+    result, log = _train(train_dir, sample_dataset_dir, tmp_path / "cache", "--max_number_of_steps=100",
+                         "--warmup_steps=0", "--learning_rate_decay_type=piecewise", "--learning_rate_boundaries=4",
+                         "--learning_rate_values=0.001,0", "--validate_every_n_steps=5",
+                         "--early_stopping_patience=2", "--restore_best_at_end", "--best_metric=voc_area_map")
+    assert result.returncode == 0, log[-4000:]
+    assert "Early stopping goes on from the earlier run: 2 validations without an improvement of voc_area_map" in log
+    assert "Stopping after global step 20: early stopping: 3 validations without an improvement" in log, log[-3000:]
+    assert [r["global_step"] for r in summaries.read_metrics_jsonl(str(train_dir / "eval_test" / "metrics.jsonl"))] \
+        == [5, 10, 15, 20]
+
+
+def test_a_resumed_run_replays_the_earlier_validations_into_its_patience():
+    def record(step, value, in_run=True):
+        return {"global_step": step, "voc07_map": value, **({"validation_loss": 1.0} if in_run else {})}
+
+    records = [record(5, 0.30), record(10, 0.50), record(15, 0.45), record(15, 0.99, in_run=False),
+               record(20, None), record(25, 0.70)]
+    # Resumed at step 21 (its first step): 5, 10 (best 0.5), 15 and 20 replayed; the evaluator command's
+    # record and the validation of step 25 (after the checkpoint the run resumed from) are not.
+    rule = validation.resume_early_stopping(3, 0.0, records, "voc07_map", before_step=21)
+    assert (rule.best, rule.without_improvement, rule.should_stop) == (0.5, 2, False)
+    assert not rule.update(0.5) and rule.should_stop  # the third validation in a row without a gain
+    # A best saved after the resumed checkpoint (best.json) still has to be beaten; the count stays.
+    rule = validation.resume_early_stopping(3, 0.0, records, "voc07_map", before_step=21, best_so_far=0.7)
+    assert (rule.best, rule.without_improvement) == (0.7, 2)
+    assert validation.resume_early_stopping(3, 0.0, records, "voc07_map", before_step=1).without_improvement == 0
+
 
 def test_best_json_names_the_metric_and_its_value_and_a_damaged_one_is_replaced(tmp_path):
     (tmp_path / "train").mkdir()

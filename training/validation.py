@@ -18,7 +18,9 @@ The trainer (:func:`training.trainer.train`) builds, on the chief only and befor
   ``metrics.jsonl`` line to ``<train_dir>/eval_<split>/`` (plus the validation loss and pictures of the
   first ``--num_visualized_images`` images' detections beside their ground truth), logs one line,
   saves the weights into ``<train_dir>/best/`` (a full checkpoint, with ``best.json``) when
-  ``--best_metric`` improves, and asks the run to stop when :class:`EarlyStopping` says so. With
+  ``--best_metric`` improves, and asks the run to stop when :class:`EarlyStopping` says so (a resumed
+  run first replays the earlier run's validations from ``metrics.jsonl``, :func:`resume_early_stopping`,
+  so that its patience goes on counting where the stopped run was). With
   ``--restore_best_at_end``, when the run stops (its last step, early stopping or the time limit:
   the hook's ``at_end``) the best weights are loaded (the model variables and their averages; the
   optimizer state and the global step stay) before the trainer's final save.
@@ -33,7 +35,7 @@ import tensorflow as tf
 
 from deployment import learning_rate as lr_lib
 from datasets import dataset_factory
-from evaluation import evaluator as evaluator_lib, progress as progress_lib, ssd_eval
+from evaluation import evaluator as evaluator_lib, progress as progress_lib, ssd_eval, summaries as evaluation_summaries
 from nets import matching, multibox_loss, nets_factory
 from tf_compat import slim, tf1
 
@@ -120,6 +122,23 @@ class EarlyStopping:
         return (f"early stopping: {self.without_improvement} validations without an improvement of {metric} by "
                 f"more than {self.min_delta:g} (best {self.best if self.best is None else round(self.best, 6)}, "
                 f"--early_stopping_patience={self.patience})")
+
+
+def resume_early_stopping(patience, min_delta, records, metric, before_step, best_so_far=None):
+    """The EarlyStopping state of a run resumed at ``before_step``: the earlier run's in-run validations
+    (``metrics.jsonl`` records that have a ``validation_loss``; the evaluator command's records in the
+    same file have none) at global steps before it, replayed oldest first. Validations of later steps
+    are left out: those steps are trained again and validated anew. ``best_so_far`` (best.json's value)
+    still has to be beaten when it is higher than the replayed best (a best saved after the checkpoint
+    the run resumes from)."""
+    rule = EarlyStopping(patience, min_delta)
+    for record in records:
+        step = record.get("global_step")
+        if "validation_loss" in record and isinstance(step, int) and step < before_step:
+            rule.update(record.get(metric))
+    if best_so_far is not None and best_so_far == best_so_far and (rule.best is None or best_so_far > rule.best):
+        rule.best = float(best_so_far)
+    return rule
 
 
 # ----------------------------------------------------------------------------- the graph
@@ -227,6 +246,26 @@ class ValidationHook:
         self.original_images = None
         self.previous_step = None
         self.last_validated_step = None
+        self.history_replayed = False
+
+    def _replay_history(self, global_step):
+        """Once, at the run's first step: the patience count of an earlier run in this train_dir."""
+        self.history_replayed = True
+        path = os.path.join(self.eval_dir, evaluator_lib.METRICS_FILE)
+        if not self.settings.early_stopping_patience or not tf.io.gfile.exists(path):
+            return
+        try:
+            records = evaluation_summaries.read_metrics_jsonl(path)
+        except (OSError, ValueError) as error:
+            logging.warning("Early stopping counts from this run only: %s", error)
+            return
+        rule = resume_early_stopping(self.settings.early_stopping_patience, self.settings.early_stopping_min_delta,
+                                     records, self.settings.best_metric, global_step, self.early_stopping.best)
+        if rule.without_improvement or rule.best != self.early_stopping.best:
+            logging.info("Early stopping goes on from the earlier run: %d validations without an improvement of %s "
+                         "(best %s), patience %d", rule.without_improvement, self.settings.best_metric,
+                         _number(rule.best), rule.patience)
+        self.early_stopping = rule
 
     def due(self, global_step):
         previous, self.previous_step = self.previous_step, global_step
@@ -235,6 +274,8 @@ class ValidationHook:
         return validation_due(global_step, previous, self.settings.every_n_steps, self.settings.last_step)
 
     def __call__(self, session, global_step):
+        if not self.history_replayed:
+            self._replay_history(global_step)
         if not self.due(global_step):
             return None
         self._validate_and_keep(session, global_step)
@@ -245,6 +286,8 @@ class ValidationHook:
         """The run stops after this step, for whatever reason (its last step, early stopping, the time
         limit): the final weights are validated if they were not, then, with --restore_best_at_end,
         the best weights are loaded for the trainer's final save."""
+        if not self.history_replayed:
+            self._replay_history(global_step)
         if global_step != self.last_validated_step:
             self._validate_and_keep(session, global_step)
         if self.settings.restore_best_at_end:
