@@ -346,19 +346,27 @@ def format_duration(seconds):
     return f"{hours}h{minutes:02d}m"
 
 
-def progress_text(global_step, steps_per_epoch=None, last_step=None, seconds_per_step=None):
+def progress_text(global_step, steps_per_epoch=None, last_step=None, seconds_per_step=None,
+                  seconds_to_time_limit=None):
     """The log line's progress: ``step 120/500 (epoch 2.31/9.6), ETA 31m``; the parts it can say (the step
-    out of the last one and the ETA only when the run has an end, the epoch when its length is known)."""
+    out of the last one when the run has one, the epoch when its length is known, the ETA when the run
+    has an end). With a time limit (``seconds_to_time_limit`` left) that comes before the last step, or
+    without a last step, the ETA is the time limit's: ``ETA 12m (time limit)``."""
     parts = []
     epoch = f"epoch {global_step / steps_per_epoch:.2f}" if steps_per_epoch else None
+    step_eta = None
     if last_step:
         if epoch:
             epoch += f"/{last_step / steps_per_epoch:.3g}"
         parts.append(f"step {global_step}/{last_step}" + (f" ({epoch})" if epoch else ""))
         if seconds_per_step is not None:
-            parts.append(f"ETA {format_duration(max(last_step - global_step, 0) * seconds_per_step)}")
+            step_eta = max(last_step - global_step, 0) * seconds_per_step
     elif epoch:
         parts.append(epoch)
+    if seconds_to_time_limit is not None and (step_eta is None or seconds_to_time_limit < step_eta):
+        parts.append(f"ETA {format_duration(max(seconds_to_time_limit, 0.0))} (time limit)")
+    elif step_eta is not None:
+        parts.append(f"ETA {format_duration(step_eta)}")
     return ", ".join(parts)
 
 
@@ -489,7 +497,8 @@ def make_train_step_fn(tensors_to_log=None, images_per_step=None, log_every_n_st
             parts.append(f"{elapsed:.3f} sec/step")
             seconds_per_step = (sum(recent_step_seconds) / len(recent_step_seconds) if recent_step_seconds
                                 else elapsed)
-            progress = progress_text(np_global_step, steps_per_epoch, last_step, seconds_per_step)
+            to_time_limit = None if max_train_seconds is None else max_train_seconds - (time.time() - run_start[0])
+            progress = progress_text(np_global_step, steps_per_epoch, last_step, seconds_per_step, to_time_limit)
             if progress:
                 parts.append(progress)
             logging.info(", ".join(parts))

@@ -99,6 +99,9 @@ def test_time_limit_stops_training_with_a_final_checkpoint(tmp_path, caplog):
                                 train_step_fn=step_fn, save_summaries_secs=0, save_interval_secs=3600)
     assert tf.train.latest_checkpoint(str(tmp_path / "train")).endswith("model.ckpt-1")
     assert any("the time limit of 0.0 minutes is reached" in r.getMessage() for r in caplog.records)
+    # A run bounded only by time has an ETA: the time limit's (already reached here).
+    assert any(r.getMessage().startswith("global step 1: ") and r.getMessage().endswith("ETA 0s (time limit)")
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 def test_an_after_step_hook_stops_training_with_its_reason_and_a_final_checkpoint(tmp_path, caplog):

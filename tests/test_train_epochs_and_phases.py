@@ -118,6 +118,11 @@ def test_progress_says_step_epoch_and_eta_when_the_run_has_an_end():
     assert train_op_lib.progress_text(120, 12.5) == "epoch 9.60"  # no end: no ETA
     assert train_op_lib.progress_text(499, None, 500, 30.0) == "step 499/500, ETA 30s"
     assert train_op_lib.progress_text(3, None) == ""
+    # A time limit: its ETA when it comes first or the run has no last step, the steps' otherwise.
+    assert train_op_lib.progress_text(120, None, 500, 4.0, 600.0) == "step 120/500, ETA 10m (time limit)"
+    assert train_op_lib.progress_text(120, None, 500, 4.0, 7200.0) == "step 120/500, ETA 25m"
+    assert train_op_lib.progress_text(120, 12.5, None, 4.0, 90.0) == "epoch 9.60, ETA 2m (time limit)"
+    assert train_op_lib.progress_text(120, None, None, None, -3.0) == "ETA 0s (time limit)"
     assert train_op_lib.format_duration(7500) == "2h05m"
 
 
