@@ -286,12 +286,12 @@ def browse(options):
 
 def _framing_problems(spec):
     """The shards whose record framing breaks, as problems (``dataset_factory.usable_records`` has
-    warned about each already; walking the framing again costs one small read per record)."""
-    from datasets import shard_check
+    walked and warned about each already: its scans are taken, not walked again)."""
+    from datasets import dataset_factory
 
     problems = []
     for path in sorted(spec.files):
-        scan = shard_check.scan_shard(path)
+        scan = dataset_factory.shard_scan(path)
         if scan.problem:
             problems.append({"file": path, "record": scan.records + 1, "problem": scan.problem})
     return problems

@@ -181,8 +181,8 @@ def _class_ids(pending_by_split, options, discovery):
             raise ConversionError(str(err)) from None
         except OSError as err:
             raise ConversionError(f"label map {options.label_map_path}: {err.strerror or err}") from None
-    elif discovery.source_class_names() is not None:
-        names_by_id = dict(enumerate(discovery.source_class_names(), start=1))
+    elif (source_class_names := discovery.source_class_names()) is not None:
+        names_by_id = dict(enumerate(source_class_names, start=1))
     else:
         names = {obj.name for pending in pending_by_split.values() for p in pending for obj in p.annotation.objects if obj.name}
         names_by_id = label_map.label_map_from_names(names)

@@ -132,17 +132,8 @@ def usable_records(spec, files):
     damage are read. Raises DatasetError when no shard has a readable record."""
     kept, counts, lost, new = [], [], [], False
     for path in files:
-        try:
-            stat = os.stat(path)
-            key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
-            if key not in _SCANS:
-                _SCANS[key], new = shard_check.scan_shard(path), True
-                if _SCANS[key].problem:
-                    logging.warning("Damaged shard %s; re-run tf_convert_data.py to write it again",
-                                    _SCANS[key].describe())
-        except OSError as err:
-            raise DatasetError(f"{path}: cannot read the shard ({err.strerror or err})") from None
-        scan = _SCANS[key]
+        scan, scanned_now = _scan(path)
+        new = new or scanned_now
         if scan.problem:
             lost.append(scan)
         if scan.records:
@@ -159,6 +150,31 @@ def usable_records(spec, files):
 
 # (path, size, mtime) -> ShardScan: a process checks (and warns about) each shard once.
 _SCANS = {}
+
+
+def _scan(path):
+    """(the shard's ShardScan, whether it was scanned now rather than taken from :data:`_SCANS`)."""
+    try:
+        stat = os.stat(path)
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read the shard ({err.strerror or err})") from None
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key in _SCANS:
+        return _SCANS[key], False
+    try:
+        scan = shard_check.scan_shard(path)
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read the shard ({err.strerror or err})") from None
+    if scan.problem:
+        logging.warning("Damaged shard %s; re-run tf_convert_data.py to write it again", scan.describe())
+    _SCANS[key] = scan
+    return scan, True
+
+
+def shard_scan(path):
+    """The framing scan of one shard (datasets/shard_check.py), walked once per process and file
+    version: :func:`usable_records` has usually walked it already."""
+    return _scan(path)[0]
 
 
 def read_records(spec):
